@@ -1,0 +1,71 @@
+"""``purify()``: the one call that runs any registered defense on any model."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from .augment import Augmentation
+from .config import DefenseConfig
+from .defenses import Defense, DefenseContext, InputSpace, get_defense
+from .errors import ConfigError, DataError
+from .purify import PurifyResult
+from .tasks import Task
+
+__all__ = ["purify"]
+
+
+def purify(
+    model: nn.Module,
+    clean_dataset: Dataset,
+    config: DefenseConfig | None = None,
+    *,
+    method: str | Defense = "nft",
+    task: Task | None = None,
+    augmentation: Augmentation | None = None,
+    input_space: InputSpace | None = None,
+    callbacks: Sequence[Any] = (),
+    collate_fn: Callable[[list], Any] | None = None,
+    inplace: bool = False,
+) -> PurifyResult:
+    """Remove a backdoor from ``model`` using ``clean_dataset``; NFT by default.
+
+    Args:
+        model: any ``nn.Module``; it is copied first unless ``inplace``.
+        clean_dataset: a map-style dataset of ``(input, label)`` (or ``(input, target)`` for
+            other tasks) — the defender's small clean set.
+        config: the defense's configuration (:class:`~nft.core.PurifyConfig` for the NFT
+            family); ``None`` uses the method's registered defaults.
+        method: a registered defense name (``nft``, ``nft-reference``, ``ft``, …) or a
+            :class:`~nft.core.defenses.Defense`.
+        task / augmentation: replace classification and tensor MixUp for other modalities.
+        input_space: where input-space perturbations live (needed by I-BAU, AWM, SAU).
+
+    Returns:
+        a :class:`~nft.core.PurifyResult`: ``.model`` (same class as ``model``), ``.masks``,
+        ``.seconds`` and the run's history.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"purify needs a torch.nn.Module, got {type(model).__name__}")
+    if len(clean_dataset) == 0:
+        raise DataError("the clean dataset is empty; NFT needs at least one sample per class")
+    defense = get_defense(method, config)
+    context = DefenseContext(
+        task=task or DefenseContext().task, augmentation=augmentation, input_space=input_space,
+        callbacks=callbacks, collate_fn=collate_fn,
+    )
+    defense.check(context)
+    work = model if inplace else copy.deepcopy(model)
+    start = time.perf_counter()
+    outcome = defense.run(work, clean_dataset, context)
+    seconds = time.perf_counter() - start
+    return PurifyResult(
+        model=outcome.model, masks=outcome.masks, method=defense.name, config=defense.config,
+        seconds=seconds, clean_samples=len(clean_dataset), history=outcome.history,
+        info=outcome.info,
+    )

@@ -1,0 +1,381 @@
+"""The ``nft`` command: ``list``, ``attack``, ``purify``, ``evaluate`` (and ``bench`` when installed).
+
+Options come from three layers, later ones winning: the dataclass defaults, a YAML file
+(``--config``), and flags. The resolved configuration is written into every run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import config_from_dict, config_to_dict
+from .errors import ConfigError, NFTError
+from .io import RunFolder, load_model_weights, read_json
+from .modality import AttackSpec
+from .registry import available_modalities, load_modality
+
+log = logging.getLogger("nft")
+
+EPILOG = "Every option has a default that runs on the modality's embedded data."
+
+
+# ---- option helpers -------------------------------------------------------------------------
+def _parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """``["a=1", "masks.targets=[norm, conv]"]`` -> ``{"a": 1, "masks": {"targets": [...]}}``."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"{flag} expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _load_yaml(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a mapping of options, not {type(data).__name__}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The flags the user actually gave (argparse defaults are None)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _table(rows: list[tuple[str, dict]], keys: Sequence[str], extra: dict[str, str] | None = None) -> str:
+    head = f"{'':<10}" + "".join(f"{k.upper():>9}" for k in keys)
+    lines = [head]
+    for name, metrics in rows:
+        lines.append(f"{name:<10}" + "".join(
+            f"{100 * metrics[k]:>8.2f}%" if k in metrics else f"{'-':>9}" for k in keys))
+    for k, v in (extra or {}).items():
+        lines.append(f"{k}: {v}")
+    return "\n".join(lines)
+
+
+def _metric_keys(metrics: dict) -> list[str]:
+    primary = [k for k in metrics if k not in ("asr", "ra")]
+    return primary + [k for k in ("asr", "ra") if k in metrics]
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from .defenses import DEFENSES
+
+    names = [args.modality] if args.modality else available_modalities()
+    print("defenses: " + ", ".join(DEFENSES.names()))
+    for name in names:
+        modality = load_modality(name)
+        print(f"\n{name}: {modality.description}")
+        for kind, entries in modality.listing().items():
+            print(f"  {kind:<14}{', '.join(entries) or '-'}")
+        defaults = ", ".join(f"{k}={v}" for k, v in modality.defaults.items())
+        print(f"  {'defaults':<14}{defaults}")
+    return 0
+
+
+ATTACK_FLAGS = ("dataset", "model", "attack", "epochs", "poison_rate", "target", "mode", "seed",
+                "batch_size", "lr", "holdout", "data_root", "train_limit", "test_limit", "device")
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from .attacks import MODES
+
+    file_cfg = _load_yaml(args.config)
+    modality_name = args.modality or file_cfg.pop("modality", None) or "vision"
+    file_cfg.pop("modality", None)
+    out = args.out or file_cfg.pop("out", None)
+    file_cfg.pop("out", None)
+    if not out:
+        raise ConfigError("nft attack needs --out RUN (the run folder to create)")
+    modality = load_modality(modality_name)
+    values = _merge(file_cfg, _flags(args, ATTACK_FLAGS))
+    values["attack_args"] = _merge(values.get("attack_args", {}),
+                                   _parse_assignments(args.attack_arg, "--attack-arg"))
+    values["model_args"] = _merge(values.get("model_args", {}),
+                                  _parse_assignments(args.model_arg, "--model-arg"))
+    values["progress"] = not args.no_progress
+    spec = modality.resolve(config_from_dict(AttackSpec, values))
+    if spec.mode not in MODES:
+        raise ConfigError(f"--mode {spec.mode!r} is unknown; use one of {MODES}")
+    start = time.perf_counter()
+    with RunFolder(out, overwrite=args.overwrite) as run:
+        metrics = modality.train_backdoor(spec, run)
+        seconds = time.perf_counter() - start
+        run.write_json("config.json", {"kind": "attack", "modality": modality_name,
+                                       "spec": config_to_dict(spec)})
+        report = {**metrics, "seconds": seconds, "attack": spec.attack, "model": spec.model,
+                  "dataset": spec.dataset}
+        run.write_json("report.json", report)
+        run.write_text("report.md", _attack_markdown(spec, metrics, seconds))
+    print(_table([("backdoored", metrics)], _metric_keys(metrics)))
+    print(f"wrote {out} ({seconds:.0f} s)")
+    return 0
+
+
+def _attack_markdown(spec: AttackSpec, metrics: dict, seconds: float) -> str:
+    keys = _metric_keys(metrics)
+    return "\n".join([
+        f"# Backdoored model: {spec.attack} on {spec.dataset} / {spec.model}", "",
+        f"Poison rate {spec.poison_rate}, target {spec.target}, {spec.mode}, {spec.epochs} epochs, "
+        f"seed {spec.seed}; training took {seconds:.0f} s.", "",
+        "| " + " | ".join(f"{k.upper()} (%)" for k in keys) + " |",
+        "|" + "---|" * len(keys),
+        "| " + " | ".join(f"{100 * metrics[k]:.2f}" for k in keys) + " |", "",
+    ])
+
+
+def _attack_run(run_dir: Path) -> tuple[dict, Path]:
+    """The attack run behind ``run_dir`` (itself, or the source of a purification run)."""
+    config = read_json(run_dir / "config.json")
+    if config.get("kind") == "purify":
+        return read_json(Path(config["source"]) / "config.json"), Path(config["source"])
+    if config.get("kind") != "attack":
+        raise ConfigError(f"{run_dir} is not an nft run folder (config.json has no kind)")
+    return config, run_dir
+
+
+def _load(run_dir: Path, device: str | None):
+    attack_config, source = _attack_run(run_dir)
+    modality = load_modality(attack_config["modality"])
+    experiment = modality.load_experiment(source, device=device)
+    if source != run_dir:  # a purified model: same architecture, its own weights
+        load_model_weights(experiment.model, run_dir / "model.safetensors")
+    return modality, experiment, attack_config
+
+
+PURIFY_FLAGS = ("method", "clean_per_class", "clean_fraction", "clean_count", "seed", "device")
+
+
+def cmd_purify(args: argparse.Namespace) -> int:
+    from .api import purify
+    from .data import select_clean_subset
+    from .defenses import DEFENSES
+    from .metrics import defense_effectiveness_rating, report_markdown
+
+    file_cfg = _load_yaml(args.config)
+    run_dir = Path(args.run or file_cfg.pop("run", "") or "")
+    file_cfg.pop("run", None)
+    out = args.out or file_cfg.pop("out", None)
+    file_cfg.pop("out", None)
+    if not str(run_dir) or not (run_dir / "config.json").is_file():
+        raise ConfigError(f"--run {run_dir} is not a run folder made by `nft attack`")
+    if not out:
+        raise ConfigError("nft purify needs --out OUT (the run folder to create)")
+    defense_overrides = file_cfg.pop("defense", {}) or {}
+    options = _merge(file_cfg, _flags(args, PURIFY_FLAGS))
+    unknown = sorted(set(options) - set(PURIFY_FLAGS))
+    if unknown:
+        raise ConfigError(f"unknown purify options {unknown}; known: {list(PURIFY_FLAGS)} and `defense`")
+    method = options.get("method", "nft")
+    factory = DEFENSES.get(method)
+    budgets = [k for k in ("clean_per_class", "clean_fraction", "clean_count") if options.get(k) is not None]
+    if len(budgets) > 1:
+        raise ConfigError(f"choose one clean budget, not {budgets}")
+    if not budgets:
+        options["clean_per_class"] = 10
+    seed = int(options.get("seed", 0))
+
+    defaults = factory(None).config
+    overrides = _merge(defense_overrides, _parse_assignments(args.set, "--set"))
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    overrides.update(seed=seed, progress=not args.no_progress)
+    if options.get("device"):
+        overrides["device"] = options["device"]
+    config = config_from_dict(type(defaults), _merge(config_to_dict(defaults), overrides))
+
+    RunFolder(out, overwrite=args.overwrite)  # fail early if OUT exists
+    modality, experiment, attack_config = _load(run_dir, options.get("device"))
+    if experiment.mask_config is not None and "masks" not in overrides and hasattr(config, "masks"):
+        config = config.replace(masks=experiment.mask_config)
+    clean = select_clean_subset(
+        experiment.defender_pool, per_class=options.get("clean_per_class"),
+        fraction=options.get("clean_fraction"), count=options.get("clean_count"), seed=seed,
+        labels=experiment.pool_labels,
+    )
+    print(f"purifying with {method} on {len(clean)} clean samples …", file=sys.stderr)
+    before = experiment.evaluate(experiment.model)
+    result = purify(
+        experiment.model, clean, config, method=method, task=experiment.task,
+        augmentation=experiment.augmentation, input_space=experiment.input_space,
+        collate_fn=experiment.collate_fn,
+    )
+    after = experiment.evaluate(result.model)
+    report = {
+        "method": method, "before": before, "after": after, "seconds": result.seconds,
+        "clean_samples": len(clean),
+        "der": defense_effectiveness_rating(before, after, experiment.primary_metric),
+        "history": result.history,
+    }
+    with RunFolder(out, overwrite=args.overwrite) as run:
+        run.write_json("config.json", {
+            "kind": "purify", "modality": attack_config["modality"], "source": str(run_dir.resolve()),
+            "method": method, "defense": config_to_dict(config),
+            "clean": {k: options.get(k) for k in ("clean_per_class", "clean_fraction", "clean_count")},
+            "seed": seed,
+        })
+        run.save_model(result.model)
+        if result.masks:
+            run.save_tensors("masks.safetensors", result.masks)
+        run.write_json("report.json", report)
+        run.write_text("report.md", report_markdown(report, title=f"{method} on {run_dir.name}"))
+        if not args.no_plots:
+            from .plots import save_report_plots
+
+            save_report_plots(run.root, report, result.masks)
+    keys = _metric_keys(before)
+    print(_table([("before", before), ("after", after)], keys,
+                 {"seconds": f"{result.seconds:.1f}", "clean samples": str(len(clean)),
+                  "DER": f"{100 * report['der']:.2f}%"}))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .io import write_json
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"--run {run_dir} is not a run folder (no config.json)")
+    _, experiment, _ = _load(run_dir, args.device)
+    metrics = experiment.evaluate(experiment.model)
+    print(_table([(run_dir.name[:10], metrics)], _metric_keys(metrics)))
+    if args.out:
+        write_json(args.out, metrics)
+    else:
+        print(json.dumps(metrics))
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nft", description="Neural mask Fine-Tuning: remove backdoors from trained models.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="installed modalities, their models / attacks / datasets, and defenses")
+    p.add_argument("--modality", help="only this modality")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("attack", help="train a backdoored model into a run folder", epilog=EPILOG)
+    p.add_argument("--modality", help="vision (default), detection, video, pointcloud, nlp, …")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--config", help="YAML file with any of these options")
+    p.add_argument("--dataset", help="dataset name (default: the modality's embedded data)")
+    p.add_argument("--model", help="model name (see `nft list`)")
+    p.add_argument("--attack", help="attack name (see `nft list`)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: enough to converge)")
+    p.add_argument("--poison-rate", type=float, help="fraction of samples poisoned (default 0.1)")
+    p.add_argument("--target", type=int, help="target class (default 0)")
+    p.add_argument("--mode", help="all-to-one (default) or all-to-all")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--holdout", type=int, help="training samples kept as the defender's clean pool")
+    p.add_argument("--data-root", help="where a real dataset lives")
+    p.add_argument("--train-limit", type=int, help="use only this many training samples")
+    p.add_argument("--test-limit", type=int, help="use only this many test samples")
+    p.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="attack option (repeatable)")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option (repeatable)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("purify", help="purify a backdoored run's model (NFT by default)", epilog=EPILOG)
+    p.add_argument("--run", help="run folder made by `nft attack`")
+    p.add_argument("--out", help="run folder to create for the purified model")
+    p.add_argument("--config", help="YAML file: these options, plus a `defense:` mapping")
+    p.add_argument("--method", help="defense name (default nft; see `nft list`)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--clean-per-class", type=int, help="k clean samples per class (default 10)")
+    budget.add_argument("--clean-fraction", type=float, help="fraction of the defender's pool")
+    budget.add_argument("--clean-count", type=int, help="number of clean samples")
+    p.add_argument("--steps", type=int, help="optimiser steps of the defense")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="defense option, e.g. lr=0.1 or masks.targets=[norm,conv] (repeatable)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-plots", action="store_true", help="do not draw plots")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_purify)
+
+    p = sub.add_parser("evaluate", help="clean and triggered metrics of a run's model")
+    p.add_argument("--run", required=True, help="run folder (attack or purify)")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--device", help="cpu, cuda, cuda:N")
+    p.set_defaults(func=cmd_evaluate)
+
+    for entry in _extra_commands():
+        entry(sub)
+    return parser
+
+
+def _extra_commands():
+    """Sub-commands other packages contribute (group ``nft.commands``), e.g. ``bench``."""
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in entry_points(group="nft.commands"):
+        try:
+            out.append(ep.load())
+        except Exception as err:  # noqa: BLE001 - a broken plug-in must not break the CLI
+            log.warning("command plug-in %s could not load: %s", ep.name, err)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except NFTError as err:
+        print(f"nft {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,18 @@
+"""Registered defenses. Importing this package registers every built-in defense."""
+
+from . import finetune, nft  # noqa: F401  (registration)
+from .base import DEFENSES, Defense, DefenseContext, DefenseOutcome, InputSpace, get_defense
+from .finetune import FineTune, FineTuneConfig
+from .nft import NFTDefense
+
+__all__ = [
+    "DEFENSES",
+    "Defense",
+    "DefenseContext",
+    "DefenseOutcome",
+    "FineTune",
+    "FineTuneConfig",
+    "InputSpace",
+    "NFTDefense",
+    "get_defense",
+]

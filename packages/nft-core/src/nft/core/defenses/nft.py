@@ -1,0 +1,50 @@
+"""NFT and its ablations as registered defenses."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..purify import PRESETS, Purifier, PurifyConfig
+from .base import DEFENSES, Defense, DefenseContext, DefenseOutcome
+
+__all__ = ["NFTDefense"]
+
+
+class NFTDefense(Defense):
+    """Neural mask Fine-Tuning: masks only, mixing, regulariser, clamp; masks folded in at the end."""
+
+    config_class = PurifyConfig
+
+    def __init__(self, name: str = "nft", config: PurifyConfig | None = None) -> None:
+        self._preset = name if name in PRESETS else "nft"
+        super().__init__(name, config)
+
+    def default_config(self) -> PurifyConfig:
+        return PurifyConfig.preset(self._preset)
+
+    def run(self, model: nn.Module, clean: Dataset, context: DefenseContext) -> DefenseOutcome:
+        config = self.config
+        augmentation = context.augmentation
+        if augmentation is not None and config.mixup_alpha == 0:
+            augmentation = None  # the no-mixup ablation overrides the modality's mixing
+        purifier = Purifier(
+            model, clean, config, task=context.task,
+            augmentation=augmentation if augmentation is not None else config.augmentation(),
+            callbacks=context.callbacks, samples_per_class=context.samples_per_class,
+            collate_fn=context.collate_fn,
+        )
+        masked = purifier.run()
+        masks = masked.mask_state_dict()
+        return DefenseOutcome(
+            model=masked.merge_and_unload(), masks=masks, history=purifier.history,
+            info={"masked_layers": len(masks), "mask_summary": masked.summary()},
+        )
+
+
+def _factory(name: str):
+    return lambda config=None: NFTDefense(name, config)
+
+
+for _name in PRESETS:
+    DEFENSES.add(_name, _factory(_name), family="nft")

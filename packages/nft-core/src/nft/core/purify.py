@@ -1,0 +1,367 @@
+"""The NFT purification loop: train per-channel masks on a small clean set, then fold them in.
+
+One step (the reference code's ``NFT_Train``, generalised to any task):
+
+1. draw a batch from the clean subset, with replacement;
+2. mix it (:class:`~nft.core.augment.MixUp` by default);
+3. loss = ``Σ w · task.loss(model(x̃), target)`` + :class:`~nft.core.objective.L1ToOne`;
+4. an SGD step on the masks only, then :class:`~nft.core.objective.DepthDecayClamp`.
+
+Everything random in step ``s`` is drawn from generators seeded by ``(seed, s)``, so a run is
+bitwise reproducible on CPU and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .config import DefenseConfig
+from .augment import Augmentation, MixUp, NoAugmentation, mixed_loss
+from .data import SeededBatches, dataset_labels
+from .errors import ConfigError, DataError, NonFiniteLossError
+from .masking import MaskConfig, MaskedModel, inject_masks, iter_norm_modules
+from .objective import DepthDecayClamp, L1ToOne, NoClamp
+from .tasks import ClassificationTask, Task
+
+__all__ = [
+    "Callback",
+    "PurifyConfig",
+    "PurifyResult",
+    "Purifier",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+NORM_STATS = ("update", "freeze")
+SCHEDULES = ("round-cosine", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class PurifyConfig(DefenseConfig):
+    """Every knob of the NFT loop. The defaults are the shipped ``nft`` method.
+
+    The reference code's exact settings are the preset ``PurifyConfig.preset("nft-reference")``.
+    """
+
+    steps: int = 1000
+    """Total optimiser steps (the reference code's ``--nb-epochs``)."""
+    rounds: int = 5
+    """Outer rounds; the round-cosine schedule lowers the rate once per round, callbacks run
+    after each round (the reference: 1000 steps = 5 rounds of 200)."""
+    batch_size: int = 128
+    """Clean samples per step, drawn with replacement."""
+    lr: float = 0.05
+    momentum: float = 0.95
+    weight_decay: float = 0.0
+    lr_min: float = 0.02
+    """Final rate of the cosine schedules (the reference's ``eta_min``)."""
+    schedule: str = "round-cosine"
+    """``round-cosine`` (one cosine value per round, the reference), ``cosine`` (per step) or
+    ``constant``."""
+    mixup_alpha: float = 1.0
+    """MixUp's λ ~ Beta(α, α); 0 turns mixing off (the ``nft-no-mixup`` ablation)."""
+    reg_weight: float = 0.001
+    """Weight of Σ|1 − m|; divided by the clean samples per class when ``reg_per_class``."""
+    reg_per_class: bool = True
+    clamp_alpha: float = 0.8
+    """Depth-decay floor α·e^(−β·l) of the l-th masked layer; ``clamp=False`` disables it."""
+    clamp_beta: float = 0.5
+    clamp: bool = True
+    norm_stats: str = "freeze"
+    """``update``: normalisation layers use batch statistics and update their running
+    statistics (``model.train()``, the reference code); ``freeze``: they keep the backdoored
+    model's statistics (eval mode) while every other module stays in training mode."""
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    """Which layers get masks (default: every normalisation layer's γ)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.masks, dict):
+            object.__setattr__(self, "masks", MaskConfig.from_dict(self.masks))
+        checks = [
+            (self.steps >= 1, f"steps must be ≥ 1, got {self.steps}"),
+            (1 <= self.rounds <= self.steps, f"rounds must be in [1, steps], got {self.rounds}"),
+            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (0 <= self.lr_min <= self.lr, f"lr_min must be in [0, lr], got {self.lr_min}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.schedule in SCHEDULES, f"schedule {self.schedule!r} is unknown; use one of {SCHEDULES}"),
+            (self.norm_stats in NORM_STATS,
+             f"norm_stats {self.norm_stats!r} is unknown; use one of {NORM_STATS}"),
+            (self.mixup_alpha >= 0, f"mixup_alpha must be ≥ 0, got {self.mixup_alpha}"),
+            (self.reg_weight >= 0, f"reg_weight must be ≥ 0, got {self.reg_weight}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    # ---- presets -------------------------------------------------------------------------
+    @staticmethod
+    def preset(name: str, **overrides: Any) -> PurifyConfig:
+        """A named configuration (``nft``, ``nft-reference``, ``nft-no-mixup``, ``nft-no-reg``)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown NFT preset {name!r}; known: {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    # ---- derived pieces ------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "cosine":
+            progress = step / self.steps
+        else:
+            per_round = math.ceil(self.steps / self.rounds)
+            progress = (step // per_round) / self.rounds
+        return self.lr_min + (self.lr - self.lr_min) * (1 + math.cos(math.pi * progress)) / 2
+
+    def round_ends(self) -> list[int]:
+        """The step counts after which a round ends (callbacks run there)."""
+        per_round = math.ceil(self.steps / self.rounds)
+        return sorted({min(self.steps, per_round * (r + 1)) for r in range(self.rounds)})
+
+    def augmentation(self) -> Augmentation:
+        return MixUp(self.mixup_alpha) if self.mixup_alpha > 0 else NoAugmentation()
+
+    def constraint(self):
+        return DepthDecayClamp(self.clamp_alpha, self.clamp_beta) if self.clamp else NoClamp()
+
+
+# The reference code's exact settings (nazmul-karim170/NFT, src/Remove_Backdoor.py): BN in
+# train mode, round-cosine 0.05 -> 0.02 over 5 rounds of 200 steps, batch 128, stem BN left plain.
+_REFERENCE = PurifyConfig(norm_stats="update", masks=MaskConfig(skip_first_norm=True))
+
+PRESETS: dict[str, PurifyConfig] = {
+    "nft": PurifyConfig(),
+    "nft-reference": _REFERENCE,
+    "nft-no-mixup": PurifyConfig(mixup_alpha=0.0),
+    "nft-no-reg": PurifyConfig(reg_weight=0.0),
+}
+
+
+@dataclass
+class PurifyResult:
+    """What a purification returns: the cleaned model and how it got there."""
+
+    model: nn.Module
+    """The purified model: masks folded in, same class and state_dict keys as the input."""
+    masks: dict[str, torch.Tensor]
+    """Layer name -> final mask values (empty for defenses that do not use masks)."""
+    method: str
+    config: Any
+    seconds: float
+    """Wall time of the purification itself (no evaluation)."""
+    clean_samples: int
+    history: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+class Callback:
+    """Hooks into the loop; subclass and override what you need."""
+
+    def on_step_end(self, purifier: Purifier, step: int, loss: float) -> None: ...
+
+    def on_round_end(self, purifier: Purifier, step: int) -> None: ...
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"device {device!r} is not valid ({err}); use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but CUDA is not available; use cpu")
+    return resolved
+
+
+class Purifier:
+    """Runs NFT on one model. ``purify()`` is the one-call form; use this for control.
+
+    The model is masked in place: pass a copy if you need the original (``purify()`` does).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        clean_dataset: Dataset,
+        config: PurifyConfig | None = None,
+        *,
+        task: Task | None = None,
+        augmentation: Augmentation | None = None,
+        callbacks: Sequence[Callback] = (),
+        samples_per_class: float | None = None,
+        collate_fn: Callable[[list], Any] | None = None,
+    ) -> None:
+        self.config = config or PurifyConfig()
+        if len(clean_dataset) == 0:
+            raise DataError("the clean dataset is empty; NFT needs at least one sample per class")
+        self.dataset = clean_dataset
+        self.task = task or ClassificationTask()
+        self.augmentation = augmentation if augmentation is not None else self.config.augmentation()
+        self.callbacks = list(callbacks)
+        self.device = resolve_device(self.config.device)
+        self.batches = SeededBatches(
+            clean_dataset, self.config.batch_size, self.config.seed, self.device, collate_fn
+        )
+        self.samples_per_class = samples_per_class or self._samples_per_class()
+        self.masked: MaskedModel = inject_masks(model, self.config.masks).to(self.device)
+        params = self.masked.mask_parameters()
+        self.optimizer = torch.optim.SGD(
+            params, lr=self.config.lr, momentum=self.config.momentum,
+            weight_decay=self.config.weight_decay,
+        )
+        reg = self.config.reg_weight / (self.samples_per_class if self.config.reg_per_class else 1.0)
+        self.regularizer = L1ToOne(reg)
+        self.constraint = self.config.constraint()
+        self.step_index = 0
+        self.history: list[dict] = []
+        self._checked = False
+
+    # ---- setup ---------------------------------------------------------------------------
+    def _samples_per_class(self) -> float:
+        try:
+            labels = dataset_labels(self.dataset)
+        except (DataError, TypeError, ValueError):
+            log.info("clean set has no class labels; the regulariser is not divided per class")
+            return 1.0
+        return len(labels) / max(1, len(np.unique(labels)))
+
+    def _train_mode(self) -> None:
+        self.masked.train()
+        if self.config.norm_stats == "freeze":
+            for module in iter_norm_modules(self.masked):
+                module.eval()
+
+    @contextmanager
+    def evaluation(self):
+        """Eval mode for a callback's evaluation; the training mode is restored after."""
+        self.masked.eval()
+        try:
+            with torch.no_grad():
+                yield self.masked
+        finally:
+            self._train_mode()
+
+    def _check_first(self, inputs: Any) -> None:
+        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and not torch.isfinite(inputs).all():
+            raise DataError("the clean inputs contain NaN or inf values; clean the data first")
+
+    # ---- the loop ------------------------------------------------------------------------
+    def step(self) -> float:
+        """One optimisation step; returns the loss."""
+        s = self.step_index
+        inputs, targets, rng, generator = self.batches.get(s)
+        if not self._checked:
+            self._check_first(inputs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(s)
+        mixed = self.augmentation(inputs, targets, rng=rng, generator=generator)
+        try:
+            outputs = self.task.forward(self.masked, mixed.inputs)
+        except (RuntimeError, TypeError, ValueError) as err:
+            if self._checked:
+                raise
+            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise DataError(
+                f"the model could not run on the clean inputs (batch shape {shape}): {err}. "
+                "Check that the dataset's transform produces what the model expects"
+            ) from None
+        self._checked = True
+        loss = mixed_loss(self.task, outputs, mixed) + self.regularizer(self.masked.mask_parameters())
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the purification loss became {float(loss)} at step {s}; nothing was written. "
+                "Lower the learning rate, or check the model and clean data for NaN"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.constraint(self.masked.mask_parameters())
+        self.step_index += 1
+        return float(loss.detach())
+
+    def run(self) -> MaskedModel:
+        """Run the remaining steps; returns the masked model (masks not yet folded in)."""
+        from tqdm.auto import tqdm
+
+        round_ends = set(self.config.round_ends())
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._augmentation_hooks():
+            self._train_mode()
+            bar = tqdm(
+                total=self.config.steps, initial=self.step_index, desc="purify", unit="step",
+                disable=not self.config.progress, leave=False,
+            )
+            with bar:
+                while self.step_index < self.config.steps:
+                    loss = self.step()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, self.step_index, loss)
+                    if self.step_index in round_ends:
+                        self.history.append({"step": self.step_index, "loss": loss,
+                                             "lr": self.config.lr_at(self.step_index - 1)})
+                        for cb in self.callbacks:
+                            cb.on_round_end(self, self.step_index)
+        self.masked.eval()
+        return self.masked
+
+    @contextmanager
+    def _augmentation_hooks(self):
+        hooks = getattr(self.augmentation, "hooks", None)
+        if hooks is None:
+            yield
+            return
+        with hooks(self.masked):
+            yield
+
+    # ---- resume --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step_index,
+            "masks": self.masked.mask_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "seed": self.config.seed,
+            "steps": self.config.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.config.seed or state.get("steps") != self.config.steps:
+            raise ConfigError(
+                f"the saved loop state was made with seed {state.get('seed')} and "
+                f"{state.get('steps')} steps, not {self.config.seed} / {self.config.steps}; "
+                "resume with the same config"
+            )
+        self.masked.load_mask_state_dict(state["masks"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_index = int(state["step"])
+
+    def save_state(self, path: str | Path) -> None:
+        import io as _io
+
+        from .io import atomic_write_bytes
+
+        buffer = _io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load_state(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no saved loop state at {path}")
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+

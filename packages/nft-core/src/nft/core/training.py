@@ -1,0 +1,106 @@
+"""Training a (backdoored) model: the plain supervised loop every modality's ``nft attack`` uses.
+
+SGD with Nesterov-free momentum 0.9, weight decay 5e-4 and a one-cycle schedule (warm-up to
+``lr`` then cosine to 0) — the recipe that trains small ResNets to convergence in few epochs
+on CPU. Shuffling is seeded, so the same seed gives the same model on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .augment import mixed_loss, Mixed
+from .data import collate, move_to
+from .errors import NonFiniteLossError
+from .purify import resolve_device
+from .tasks import ClassificationTask, Task
+
+__all__ = ["TrainConfig", "train_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.15
+    """Fraction of the steps spent warming the rate up linearly (one-cycle)."""
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+    num_workers: int = 0
+
+
+def one_cycle(step: int, total: int, warmup: float) -> float:
+    """Multiplier of the peak rate at ``step`` of ``total``: linear warm-up, then cosine to 0."""
+    warm = max(1, int(total * warmup))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def train_model(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    task: Task | None = None,
+    collate_fn: Callable[[list], Any] | None = None,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    extra_loss: Callable[[nn.Module, Any, Any], torch.Tensor] | None = None,
+) -> nn.Module:
+    """Train ``model`` on ``dataset`` (in place) and return it in eval mode."""
+    from tqdm.auto import tqdm
+
+    task = task or ClassificationTask()
+    device = resolve_device(config.device)
+    model.to(device).train()
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
+                        generator=generator, num_workers=config.num_workers,
+                        collate_fn=collate_fn or collate)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    total = config.epochs * len(loader)
+    step = 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        bar = tqdm(total=total, desc="train", unit="step", disable=not config.progress, leave=False)
+        with bar:
+            for epoch in range(config.epochs):
+                model.train()
+                for inputs, targets in loader:
+                    for group in optimizer.param_groups:
+                        group["lr"] = config.lr * one_cycle(step, total, config.warmup)
+                    inputs, targets = move_to(inputs, device), move_to(targets, device)
+                    outputs = task.forward(model, inputs)
+                    loss = mixed_loss(task, outputs, Mixed(inputs, ((targets, 1.0),)))
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(model, inputs, targets)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"training loss became {float(loss)} at step {step}; lower the learning rate"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, model)
+    model.eval()
+    return model
