@@ -98,7 +98,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     names = [args.modality] if args.modality else available_modalities()
     print("defenses: " + ", ".join(DEFENSES.names()))
     for name in names:
-        modality = load_modality(name)
+        try:
+            modality = load_modality(name)
+        except Exception as err:  # noqa: BLE001 - one broken package must not hide the others
+            if args.modality:
+                raise
+            print(f"\n{name}: could not be loaded ({type(err).__name__}: {err})")
+            continue
         print(f"\n{name}: {modality.description}")
         for kind, entries in modality.listing().items():
             print(f"  {kind:<14}{', '.join(entries) or '-'}")

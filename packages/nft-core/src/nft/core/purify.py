@@ -229,6 +229,7 @@ class Purifier:
         self.step_index = 0
         self.history: list[dict] = []
         self._checked = False
+        self._train_mode()
 
     # ---- setup ---------------------------------------------------------------------------
     def _samples_per_class(self) -> float:
@@ -283,7 +284,7 @@ class Purifier:
         loss = mixed_loss(self.task, outputs, mixed) + self.regularizer(self.masked.mask_parameters())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"the purification loss became {float(loss)} at step {s}; nothing was written. "
+                f"the purification loss became {float(loss.detach())} at step {s}; nothing was written. "
                 "Lower the learning rate, or check the model and clean data for NaN"
             )
         self.optimizer.zero_grad(set_to_none=True)

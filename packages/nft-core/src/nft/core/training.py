@@ -92,7 +92,7 @@ def train_model(
                         loss = loss + extra_loss(model, inputs, targets)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
-                            f"training loss became {float(loss)} at step {step}; lower the learning rate"
+                            f"training loss became {float(loss.detach())} at step {step}; lower the learning rate"
                         )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()

@@ -65,7 +65,7 @@ class FineTune(Defense):
                 mixed = augmentation(inputs, targets, rng=rng, generator=generator)
                 loss = mixed_loss(context.task, context.task.forward(model, mixed.inputs), mixed)
                 if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"{self.name}: loss became {float(loss)} at step {step}; "
+                    raise NonFiniteLossError(f"{self.name}: loss became {float(loss.detach())} at step {step}; "
                                              "lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,0 +1,87 @@
+"""MixUp / no-op augmentation, the mixed loss, the regulariser and the depth-decay clamp."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nft.core import (
+    ClassificationTask, ConfigError, DepthDecayClamp, L1ToOne, MixUp, NoAugmentation, mixed_loss,
+)
+from nft.core.augment import Mixed
+from nft.core.testing import AugmentationContract
+
+from .toy_models import CNNBatchNorm
+
+
+class TestMixUpContract(AugmentationContract):
+    def make_augmentation(self): return MixUp(1.0)
+    def make_batch(self):
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(6, 3, 8, 8, generator=g), torch.randint(0, 4, (6,), generator=g)
+    def make_model(self): return CNNBatchNorm()
+
+
+class TestNoAugmentationContract(TestMixUpContract):
+    def make_augmentation(self): return NoAugmentation()
+
+
+def _mix(aug, x, y, seed=0):
+    return aug(x, y, rng=np.random.default_rng(seed), generator=torch.Generator().manual_seed(seed))
+
+
+def test_mixup_is_a_convex_combination_of_the_batch_and_its_permutation():
+    x = torch.arange(4, dtype=torch.float32).view(4, 1) * torch.ones(4, 3)
+    y = torch.tensor([0, 1, 2, 3])
+    mixed = _mix(MixUp(1.0), x, y)
+    (ya, lam), (yb, rest) = mixed.targets
+    assert torch.equal(ya, y) and sorted(yb.tolist()) == [0, 1, 2, 3]
+    assert lam + rest == pytest.approx(1.0)
+    expected = lam * x + (1 - lam) * x[yb]  # rows of x are their own labels
+    torch.testing.assert_close(mixed.inputs, expected)
+
+
+def test_mixup_alpha_controls_lambda_spread():
+    x, y = torch.rand(4, 2), torch.arange(4)
+    low = [_mix(MixUp(0.1), x, y, s).targets[0][1] for s in range(200)]
+    high = [_mix(MixUp(8.0), x, y, s).targets[0][1] for s in range(200)]
+    assert np.mean([min(v, 1 - v) for v in low]) < 0.15 < np.mean([min(v, 1 - v) for v in high])
+
+
+def test_mixup_rejects_bad_inputs():
+    with pytest.raises(ConfigError, match="positive"):
+        MixUp(0)
+    with pytest.raises(ConfigError, match="floating-point"):
+        _mix(MixUp(), torch.arange(4), torch.arange(4))
+
+
+def test_mixed_loss_weights_each_target():
+    task = ClassificationTask()
+    logits = torch.randn(5, 3)
+    a, b = torch.randint(0, 3, (5,)), torch.randint(0, 3, (5,))
+    got = mixed_loss(task, logits, Mixed(None, ((a, 0.3), (b, 0.7))))
+    expected = 0.3 * nn.functional.cross_entropy(logits, a) + 0.7 * nn.functional.cross_entropy(logits, b)
+    torch.testing.assert_close(got, expected)
+
+
+def test_regulariser_is_weighted_l1_distance_to_one():
+    masks = [torch.tensor([1.0, 0.5]), torch.tensor([0.25])]
+    assert float(L1ToOne(0.1)(masks)) == pytest.approx(0.1 * (0.5 + 0.75))
+    assert float(L1ToOne(0.0)(masks)) == 0.0
+    with pytest.raises(ConfigError):
+        L1ToOne(-1)
+
+
+def test_depth_decay_clamp_matches_the_reference_floors():
+    clamp = DepthDecayClamp(0.8, 0.5)
+    floors = clamp.floors(19)
+    assert floors[0] == pytest.approx(0.8 * math.exp(-0.5)) == pytest.approx(0.4852, abs=1e-4)
+    assert floors[18] == pytest.approx(6.0e-5, rel=0.05)
+    masks = [nn.Parameter(torch.tensor([-1.0, 0.3, 2.0])) for _ in range(3)]
+    clamp(masks)
+    for floor, m in zip(clamp.floors(3), masks):
+        assert m.tolist() == pytest.approx([floor, max(floor, 0.3), 1.0])
+    with pytest.raises(ConfigError):
+        DepthDecayClamp(alpha=1.5)

@@ -1,0 +1,90 @@
+"""The `nft` command end to end on the core's built-in synthetic modality."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nft.core.cli import main
+
+pytestmark = pytest.mark.integration
+
+QUICK = ["--train-limit", "1500", "--test-limit", "400", "--holdout", "300", "--epochs", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def attack_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "attack"
+    assert main(["attack", "--modality", "synthetic", "--out", str(out), *QUICK]) == 0
+    return out
+
+
+def test_attack_writes_the_run_folder(attack_run):
+    assert {p.name for p in attack_run.iterdir()} >= {"config.json", "model.safetensors", "report.json", "report.md"}
+    report = json.loads((attack_run / "report.json").read_text())
+    assert report["asr"] >= 0.9 and report["acc"] >= 0.9
+    config = json.loads((attack_run / "config.json").read_text())
+    assert config["kind"] == "attack" and config["spec"]["epochs"] == 3 and config["modality"] == "synthetic"
+
+
+def test_purify_writes_report_and_evaluate_reads_it(attack_run, tmp_path, capsys):
+    out = tmp_path / "purified"
+    code = main(["purify", "--run", str(attack_run), "--out", str(out), "--clean-per-class", "5",
+                 "--steps", "40", "--set", "batch_size=32", "--set", "rounds=2", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "before" in printed and "after" in printed and "ASR" in printed
+    files = {p.name for p in out.iterdir()}
+    assert files >= {"config.json", "model.safetensors", "masks.safetensors", "report.json", "report.md",
+                     "metrics.png", "masks.png"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "nft" and report["clean_samples"] == 50
+    for side in ("before", "after"):
+        assert set(report[side]) == {"acc", "asr", "ra"}
+        assert all(0 <= v <= 1 for v in report[side].values())
+    assert report["seconds"] > 0 and 0 <= report["der"] <= 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["defense"]["steps"] == 40 and config["defense"]["batch_size"] == 32
+    assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated == pytest.approx(report["after"])
+
+
+def test_yaml_config_and_flag_override(attack_run, tmp_path):
+    cfg = tmp_path / "purify.yaml"
+    cfg.write_text("method: ft\nclean_count: 60\ndefense:\n  steps: 5\n  lr: 0.001\n")
+    out = tmp_path / "ft"
+    assert main(["purify", "--run", str(attack_run), "--out", str(out), "--config", str(cfg),
+                 "--set", "steps=7", "--no-progress", "--no-plots"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "ft" and config["defense"]["steps"] == 7 and config["defense"]["lr"] == 0.001
+    assert json.loads((out / "report.json").read_text())["clean_samples"] == 60
+    assert not (out / "masks.safetensors").exists()
+
+
+def test_errors_are_one_line_and_write_nothing(attack_run, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["purify", "--run", str(attack_run), "--out", str(out), "--method", "magic"]) == 2
+    assert "unknown defense 'magic'" in capsys.readouterr().err
+    assert main(["purify", "--run", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert main(["purify", "--run", str(attack_run), "--out", str(out), "--set", "lr=-1"]) == 2
+    assert "lr must be a positive number" in capsys.readouterr().err
+    assert main(["purify", "--run", str(attack_run), "--out", str(out), "--clean-per-class", "100000"]) == 2
+    assert "fewer than the 100000 per class" in capsys.readouterr().err
+    assert main(["attack", "--modality", "nosuch", "--out", str(out)]) == 2
+    assert "no modality 'nosuch'" in capsys.readouterr().err
+    assert main(["purify", "--run", str(attack_run), "--out", str(attack_run)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_console_script_help_and_list():
+    exe = Path(sys.executable).with_name("nft")
+    for args in (["--help"], ["purify", "--help"], ["attack", "--help"], ["evaluate", "--help"]):
+        done = subprocess.run([str(exe), *args], capture_output=True, text=True, check=True)
+        assert "usage: nft" in done.stdout
+    listing = subprocess.run([str(exe), "list"], capture_output=True, text=True, check=True).stdout
+    assert "synthetic:" in listing and "small-cnn" in listing and "nft-reference" in listing
