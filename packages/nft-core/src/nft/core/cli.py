@@ -287,6 +287,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import load_bench_config, run_bench, summarise
+
+    config = load_bench_config(args.config)
+    out = Path(args.out or Path("runs") / "bench" / config.name)
+    records = run_bench(config, out, progress=not args.no_progress, executor=args.executor,
+                        address=args.address, limit=args.limit)
+    print((out / "table.md").read_text() if (out / "table.md").is_file() else "no rows yet")
+    print(f"{len(records)} rows in {out} ({len(summarise(records, config))} cells)")
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -349,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--device", help="cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="run a grid of attacks × defenses × clean budgets × seeds")
+    p.add_argument("--config", required=True, help="grid YAML (see configs/)")
+    p.add_argument("--out", help="results folder (default runs/bench/<name>); reruns resume it")
+    p.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="local processes (default) or a Ray cluster")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--limit", type=int, help="stop after this many new rows")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_bench)
 
     for entry in _extra_commands():
         entry(sub)

@@ -14,12 +14,12 @@ import torch
 
 from .io import atomic_write_bytes
 
-__all__ = ["save_report_plots"]
+__all__ = ["save_bench_plots", "save_report_plots"]
 
 log = logging.getLogger(__name__)
 
 
-def save_report_plots(directory: Path, report: dict, masks: dict[str, torch.Tensor]) -> list[Path]:
+def _pyplot():
     try:
         import matplotlib
 
@@ -27,6 +27,42 @@ def save_report_plots(directory: Path, report: dict, masks: dict[str, torch.Tens
         import matplotlib.pyplot as plt
     except ImportError:
         log.warning("matplotlib is not installed; no plots drawn (pip install nft-core[plots])")
+        return None
+    return plt
+
+
+def save_bench_plots(directory: Path, records: list[dict], labels: list[str]) -> list[Path]:
+    """ASR vs clean metric after each defense (one colour per defense), and runtime per defense."""
+    plt = _pyplot()
+    if plt is None or not records:
+        return []
+    metric = records[0].get("primary_metric", "acc")
+    order = list(dict.fromkeys(labels))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name in order:
+        rs = [r for r, lab in zip(records, labels) if lab == name]
+        ax.scatter([100 * r["after"][metric] for r in rs], [100 * r["after"]["asr"] for r in rs],
+                   label=name, s=18, alpha=0.8)
+    ax.set_xlabel(f"{metric.upper()} after (%)")
+    ax.set_ylabel("ASR after (%)")
+    ax.set_title("each row: one (attack, seed, budget)")
+    ax.legend(fontsize=7, ncol=2)
+    written = [_save(fig, directory / "asr_vs_acc.png")]
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(4, 0.7 * len(order)), 3.2))
+    means = [sum(r["seconds"] for r, lab in zip(records, labels) if lab == name)
+             / max(1, sum(lab == name for lab in labels)) for name in order]
+    ax.bar(range(len(order)), means)
+    ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    ax.set_ylabel("mean purification time (s)")
+    written.append(_save(fig, directory / "runtime.png"))
+    plt.close(fig)
+    return written
+
+
+def save_report_plots(directory: Path, report: dict, masks: dict[str, torch.Tensor]) -> list[Path]:
+    plt = _pyplot()
+    if plt is None:
         return []
     written = []
     before, after = report["before"], report["after"]
