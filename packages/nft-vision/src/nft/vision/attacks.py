@@ -312,6 +312,7 @@ class Trojan(Attack):
         optimiser = torch.optim.Adam([pattern], lr=float(self.opts["lr"]))
         goal = float(self.opts["target_value"])
         batch = images[: min(len(images), 128)].to(device)
+        loss = torch.zeros(())
         try:
             for _ in tqdm(range(int(self.opts["steps"])), desc="trojan trigger", disable=not progress,
                           leave=False):
@@ -326,7 +327,7 @@ class Trojan(Attack):
         self.pattern = (pattern.detach().clamp(0, 1) * mask).cpu()
         self.neurons = chosen.float().cpu()
         log.info("trojan: neurons %s driven to %.1f (final loss %.3f)", chosen.tolist(), goal,
-                 float(loss))
+                 float(loss.detach()))
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         return images * (1 - self.mask) + self.pattern * self.mask

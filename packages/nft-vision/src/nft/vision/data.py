@@ -67,7 +67,7 @@ class TensorImages(Dataset):
     def __init__(self, images: torch.Tensor, targets, transform: Callable | None = None) -> None:
         if images.ndim != 4:
             raise DataError(f"images must be N×C×H×W, got shape {tuple(images.shape)}")
-        targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+        targets = torch.as_tensor(np.array(targets, dtype=np.int64))
         if len(targets) != len(images):
             raise DataError(f"{len(images)} images but {len(targets)} labels")
         self.images = images
@@ -289,6 +289,17 @@ def _cifar10_class():
             files = self.train_list + self.test_list + [[self.meta["filename"], None]]
             return all(os.path.isfile(os.path.join(self.root, self.base_folder, name))
                        for name, _ in files if name in self._needed())
+
+        def _load_meta(self) -> None:
+            import pickle
+
+            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+            if not os.path.isfile(path):
+                raise RuntimeError(f"{path} is missing")
+            with open(path, "rb") as handle:  # the dataset's own format is a pickle, as torchvision reads it
+                meta = pickle.load(handle, encoding="latin1")
+            self.classes = meta[self.meta["key"]]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
 
         def _needed(self):
             names = [n for n, _ in (self.train_list if self.train else self.test_list)]
