@@ -29,6 +29,22 @@ EPILOG = "Every option has a default that runs on the modality's embedded data."
 
 
 # ---- option helpers -------------------------------------------------------------------------
+def _say(*parts: Any, **kwargs: Any) -> None:
+    """Print on rank 0 only (every rank runs the same command under torchrun)."""
+    from .distributed import is_main
+
+    if is_main():
+        print(*parts, **kwargs)
+
+
+def _run_folder(out: str | Path, overwrite: bool) -> RunFolder:
+    """The output run folder; only rank 0 keeps what it writes."""
+    from .distributed import is_main
+
+    return RunFolder(out, overwrite=overwrite, discard=not is_main())
+
+
+
 def _parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     """``["a=1", "masks.targets=[norm, conv]"]`` -> ``{"a": 1, "masks": {"targets": [...]}}``."""
     out: dict[str, Any] = {}
@@ -114,7 +130,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 ATTACK_FLAGS = ("dataset", "model", "attack", "epochs", "poison_rate", "target", "mode", "seed",
-                "batch_size", "lr", "holdout", "data_root", "train_limit", "test_limit", "device")
+                "batch_size", "lr", "holdout", "data_root", "train_limit", "test_limit", "device",
+                "precision", "channels_last")
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -138,7 +155,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if spec.mode not in MODES:
         raise ConfigError(f"--mode {spec.mode!r} is unknown; use one of {MODES}")
     start = time.perf_counter()
-    with RunFolder(out, overwrite=args.overwrite) as run:
+    with _run_folder(out, args.overwrite) as run:
         metrics = modality.train_backdoor(spec, run)
         seconds = time.perf_counter() - start
         run.write_json("config.json", {"kind": "attack", "modality": modality_name,
@@ -147,8 +164,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
                   "dataset": spec.dataset}
         run.write_json("report.json", report)
         run.write_text("report.md", _attack_markdown(spec, metrics, seconds))
-    print(_table([("backdoored", metrics)], _metric_keys(metrics)))
-    print(f"wrote {out} ({seconds:.0f} s)")
+    _say(_table([("backdoored", metrics)], _metric_keys(metrics)))
+    _say(f"wrote {out} ({seconds:.0f} s)")
     return 0
 
 
@@ -224,7 +241,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
         overrides["device"] = options["device"]
     config = config_from_dict(type(defaults), _merge(config_to_dict(defaults), overrides))
 
-    RunFolder(out, overwrite=args.overwrite)  # fail early if OUT exists
+    _run_folder(out, args.overwrite)  # fail early if OUT exists
     modality, experiment, attack_config = _load(run_dir, options.get("device"))
     if experiment.mask_config is not None and "masks" not in overrides and hasattr(config, "masks"):
         config = config.replace(masks=experiment.mask_config)
@@ -233,7 +250,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
         fraction=options.get("clean_fraction"), count=options.get("clean_count"), seed=seed,
         labels=experiment.pool_labels,
     )
-    print(f"purifying with {method} on {len(clean)} clean samples …", file=sys.stderr)
+    _say(f"purifying with {method} on {len(clean)} clean samples …", file=sys.stderr)
     before = experiment.evaluate(experiment.model)
     result = purify(
         experiment.model, clean, config, method=method, task=experiment.task,
@@ -247,7 +264,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
         "der": defense_effectiveness_rating(before, after, experiment.primary_metric),
         "history": result.history,
     }
-    with RunFolder(out, overwrite=args.overwrite) as run:
+    with _run_folder(out, args.overwrite) as run:
         run.write_json("config.json", {
             "kind": "purify", "modality": attack_config["modality"], "source": str(run_dir.resolve()),
             "method": method, "defense": config_to_dict(config),
@@ -264,10 +281,10 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
             save_report_plots(run.root, report, result.masks)
     keys = _metric_keys(before)
-    print(_table([("before", before), ("after", after)], keys,
-                 {"seconds": f"{result.seconds:.1f}", "clean samples": str(len(clean)),
-                  "DER": f"{100 * report['der']:.2f}%"}))
-    print(f"wrote {out}")
+    _say(_table([("before", before), ("after", after)], keys,
+                {"seconds": f"{result.seconds:.1f}", "clean samples": str(len(clean)),
+                 "DER": f"{100 * report['der']:.2f}%"}))
+    _say(f"wrote {out}")
     return 0
 
 
@@ -279,11 +296,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--run {run_dir} is not a run folder (no config.json)")
     _, experiment, _ = _load(run_dir, args.device)
     metrics = experiment.evaluate(experiment.model)
-    print(_table([(run_dir.name[:10], metrics)], _metric_keys(metrics)))
+    _say(_table([(run_dir.name[:10], metrics)], _metric_keys(metrics)))
     if args.out:
-        write_json(args.out, metrics)
+        from .distributed import is_main
+
+        if is_main():
+            write_json(args.out, metrics)
     else:
-        print(json.dumps(metrics))
+        _say(json.dumps(metrics))
     return 0
 
 
@@ -333,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="attack option (repeatable)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model option (repeatable)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision (GPU users)")
+    p.add_argument("--channels-last", action="store_const", const=True, help="NHWC activations (GPU users)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_attack)
@@ -392,10 +414,16 @@ def _extra_commands():
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `torchrun … -m nft.core.cli -- purify --run …` keeps --run from torchrun
+        argv = argv[1:]
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from .distributed import init_from_env
+
     try:
+        init_from_env()  # joins the process group when started by torchrun
         return args.func(args)
     except NFTError as err:
         print(f"nft {args.command}: error: {err}", file=sys.stderr)
@@ -403,6 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

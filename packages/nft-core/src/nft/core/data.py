@@ -125,26 +125,39 @@ class SeededBatches:
     bitwise reproducible on CPU and can resume at any step. The global torch RNG is reseeded per
     batch because dataset transforms (random crop, flip) draw from it; callers run inside
     ``torch.random.fork_rng`` so the user's RNG state is untouched.
+
+    Under ``torchrun`` each rank draws ``ceil(batch_size / world_size)`` samples from its own
+    disjoint shard of the dataset, so the global batch keeps its size and no sample is shared.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, device: torch.device,
                  collate_fn=None) -> None:
+        from .distributed import current, shard
+
         if len(dataset) == 0:
             raise DataError("the clean dataset is empty; it needs at least one sample per class")
-        self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
+        self.dataset, self.seed, self.device = dataset, seed, device
         self.collate_fn = collate_fn or collate
+        info = current()
+        self.rank = info.rank
+        self.indices = np.asarray(shard(len(dataset)) if info.distributed else range(len(dataset)))
+        if len(self.indices) == 0:
+            raise DataError(f"the clean set ({len(dataset)} samples) is smaller than the number of "
+                            f"ranks ({info.world_size}); use more clean samples or fewer processes")
+        self.batch_size = -(-batch_size // info.world_size)
 
     def generators(self, step: int) -> tuple[np.random.Generator, torch.Generator, int]:
-        entropy = np.random.SeedSequence([self.seed, step]).generate_state(3)
+        key = [self.seed, step] if self.rank == 0 else [self.seed, step, self.rank]
+        entropy = np.random.SeedSequence(key).generate_state(3)
         generator = torch.Generator().manual_seed(int(entropy[1]))
         return np.random.default_rng(int(entropy[0])), generator, int(entropy[2])
 
     def get(self, step: int) -> tuple[Any, Any, np.random.Generator, torch.Generator]:
         """``(inputs, targets, rng, generator)`` for step ``step``, on the device."""
         rng, generator, torch_seed = self.generators(step)
-        indices = rng.integers(0, len(self.dataset), size=self.batch_size)
+        picks = self.indices[rng.integers(0, len(self.indices), size=self.batch_size)]
         torch.manual_seed(torch_seed)
-        batch = self.collate_fn([self.dataset[int(i)] for i in indices])
+        batch = self.collate_fn([self.dataset[int(i)] for i in picks])
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise DataError("the clean dataset must yield (input, target) pairs")
         return move_to(batch[0], self.device), move_to(batch[1], self.device), rng, generator

@@ -156,10 +156,12 @@ class RunFolder:
     success it is renamed to ``path``, on error it is deleted, so no partial run is left.
     """
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
+    def __init__(self, path: str | Path, *, overwrite: bool = False, discard: bool = False) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
-        if self.path.exists() and not overwrite:
+        self.discard = discard
+        """Build the folder and throw it away (non-zero ranks under torchrun write nothing)."""
+        if self.path.exists() and not overwrite and not discard:
             raise ConfigError(f"{self.path} already exists; choose another --out or pass --overwrite")
         self._staging: Path | None = None
 
@@ -170,13 +172,16 @@ class RunFolder:
         return self._staging
 
     def __enter__(self) -> RunFolder:
+        if self.discard:
+            self._staging = Path(tempfile.mkdtemp(prefix="nft-discard-"))
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         staging, self._staging = self._staging, None
-        if exc_type is not None:
+        if exc_type is not None or self.discard:
             shutil.rmtree(staging, ignore_errors=True)
             return
         if self.path.exists():

@@ -31,6 +31,13 @@ def defense_effectiveness_rating(before: dict, after: dict, acc_key: str = "acc"
 
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """This rank's disjoint share of ``dataset`` (all of it in a single process), in order."""
+    from torch.utils.data import Subset
+
+    from .distributed import current, shard
+
+    if current().distributed:
+        dataset = Subset(dataset, shard(len(dataset)))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate)
 
@@ -51,14 +58,16 @@ def evaluate_classification(
 
     ``triggered`` yields ``(input, true label, target label)`` (a
     :class:`~nft.core.attacks.TriggeredDataset`). The model is evaluated in eval mode and its
-    mode is restored afterwards.
+    mode is restored afterwards. Under ``torchrun`` each rank scores a disjoint share and the
+    counts are summed, so every rank returns exactly the single-process numbers.
     """
     from tqdm.auto import tqdm
 
+    from .distributed import all_reduce_sum, rank_device
     from .purify import resolve_device
 
     task = task or ClassificationTask()
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    device = rank_device(resolve_device(device) if not isinstance(device, torch.device) else device)
     was_training = model.training
     model.eval()
     original_device = next(iter(model.parameters()), torch.empty(0)).device
@@ -71,6 +80,7 @@ def evaluate_classification(
             pred = task.predict(task.forward(model, move_to(inputs, device))).cpu()
             correct += int((pred == labels).sum())
             total += len(labels)
+        correct, total = all_reduce_sum([correct, total], device)
         out["acc"] = correct / max(1, total)
         if triggered is not None:
             hits = robust = total = 0
@@ -81,6 +91,7 @@ def evaluate_classification(
                 hits += int((pred == targets).sum())
                 robust += int((pred == labels).sum())
                 total += len(labels)
+            hits, robust, total = all_reduce_sum([hits, robust, total], device)
             out["asr"] = hits / max(1, total)
             out["ra"] = robust / max(1, total)
         return out

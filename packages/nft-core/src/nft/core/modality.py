@@ -57,6 +57,19 @@ class AttackSpec(DefenseConfig):
     """Attack-specific options, e.g. ``{"patch_size": 4}``."""
     model_args: dict = field(default_factory=dict)
     """Model options, e.g. ``{"width": 16}``."""
+    precision: str = "fp32"
+    """Training autocast precision: ``fp32``, ``bf16`` or ``fp16`` (GPU users)."""
+    channels_last: bool = False
+
+    def train_config(self, **overrides: Any):
+        """The :class:`~nft.core.training.TrainConfig` this spec asks for (modalities train with it)."""
+        from .training import TrainConfig
+
+        values = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                      device=self.device, progress=self.progress, precision=self.precision,
+                      channels_last=self.channels_last)
+        values.update(overrides)
+        return TrainConfig(**{k: v for k, v in values.items() if v is not None})
 
 
 @dataclass

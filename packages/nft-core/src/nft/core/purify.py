@@ -30,6 +30,8 @@ from torch.utils.data import Dataset
 from .config import DefenseConfig
 from .augment import Augmentation, MixUp, NoAugmentation, mixed_loss
 from .data import SeededBatches, dataset_labels
+from .distributed import average_gradients, rank_device
+from .precision import PRECISIONS, autocast, grad_scaler, to_memory_format
 from .errors import ConfigError, DataError, NonFiniteLossError
 from .masking import MaskConfig, MaskedModel, inject_masks, iter_norm_modules
 from .objective import DepthDecayClamp, L1ToOne, NoClamp
@@ -86,6 +88,10 @@ class PurifyConfig(DefenseConfig):
     model's statistics (eval mode) while every other module stays in training mode."""
     masks: MaskConfig = field(default_factory=MaskConfig)
     """Which layers get masks (default: every normalisation layer's γ)."""
+    precision: str = "fp32"
+    """``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 adds loss scaling) — for GPU users."""
+    channels_last: bool = False
+    """Store image activations NHWC (faster convolutions on recent GPUs)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.masks, dict):
@@ -102,6 +108,7 @@ class PurifyConfig(DefenseConfig):
              f"norm_stats {self.norm_stats!r} is unknown; use one of {NORM_STATS}"),
             (self.mixup_alpha >= 0, f"mixup_alpha must be ≥ 0, got {self.mixup_alpha}"),
             (self.reg_weight >= 0, f"reg_weight must be ≥ 0, got {self.reg_weight}"),
+            (self.precision in PRECISIONS, f"precision {self.precision!r} is unknown; use one of {PRECISIONS}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -212,12 +219,14 @@ class Purifier:
         self.task = task or ClassificationTask()
         self.augmentation = augmentation if augmentation is not None else self.config.augmentation()
         self.callbacks = list(callbacks)
-        self.device = resolve_device(self.config.device)
+        self.device = rank_device(resolve_device(self.config.device))
         self.batches = SeededBatches(
             clean_dataset, self.config.batch_size, self.config.seed, self.device, collate_fn
         )
         self.samples_per_class = samples_per_class or self._samples_per_class()
-        self.masked: MaskedModel = inject_masks(model, self.config.masks).to(self.device)
+        self.masked: MaskedModel = to_memory_format(
+            inject_masks(model, self.config.masks).to(self.device), self.config.channels_last)
+        self.scaler = grad_scaler(self.device, self.config.precision)
         params = self.masked.mask_parameters()
         self.optimizer = torch.optim.SGD(
             params, lr=self.config.lr, momentum=self.config.momentum,
@@ -270,26 +279,37 @@ class Purifier:
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr_at(s)
         mixed = self.augmentation(inputs, targets, rng=rng, generator=generator)
-        try:
-            outputs = self.task.forward(self.masked, mixed.inputs)
-        except (RuntimeError, TypeError, ValueError) as err:
-            if self._checked:
-                raise
-            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise DataError(
-                f"the model could not run on the clean inputs (batch shape {shape}): {err}. "
-                "Check that the dataset's transform produces what the model expects"
-            ) from None
-        self._checked = True
-        loss = mixed_loss(self.task, outputs, mixed) + self.regularizer(self.masked.mask_parameters())
+        with autocast(self.device, self.config.precision):
+            try:
+                outputs = self.task.forward(
+                    self.masked, to_memory_format(mixed.inputs, self.config.channels_last))
+            except (RuntimeError, TypeError, ValueError) as err:
+                if self._checked:
+                    raise
+                shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+                raise DataError(
+                    f"the model could not run on the clean inputs (batch shape {shape}): {err}. "
+                    "Check that the dataset's transform produces what the model expects"
+                ) from None
+            self._checked = True
+            loss = mixed_loss(self.task, outputs, mixed)
+        loss = loss.float() + self.regularizer(self.masked.mask_parameters())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the purification loss became {float(loss.detach())} at step {s}; nothing was written. "
                 "Lower the learning rate, or check the model and clean data for NaN"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            average_gradients(self.masked.mask_parameters())  # masks are all that ranks synchronise
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            average_gradients(self.masked.mask_parameters())
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.constraint(self.masked.mask_parameters())
         self.step_index += 1
         return float(loss.detach())

@@ -23,7 +23,7 @@ from .io import RunFolder, load_model_weights, read_json
 from .metrics import evaluate_classification
 from .modality import AttackSpec, Experiment, Modality
 from .tasks import ClassificationTask
-from .training import TrainConfig, train_model
+from .training import train_model
 
 __all__ = ["PatternImages", "SmallCNN", "add_patch", "modality"]
 
@@ -137,9 +137,7 @@ class SyntheticModality(Modality):
                                    lambda x, y, i: (add_patch(x, size), target_of(y)))
         torch.manual_seed(spec.seed)
         model = SmallCNN(**spec.model_args)
-        train_model(model, poisoned, TrainConfig(
-            epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
-            device=spec.device, progress=spec.progress))
+        train_model(model, poisoned, spec.train_config())
         run.save_model(model)
         return evaluate_classification(model, test, self._triggered(spec, test), device=spec.device)
 

@@ -41,6 +41,9 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     num_workers: int = 0
+    precision: str = "fp32"
+    """``fp32``, ``bf16`` or ``fp16`` autocast (GPU users)."""
+    channels_last: bool = False
 
 
 def one_cycle(step: int, total: int, warmup: float) -> float:
@@ -61,16 +64,33 @@ def train_model(
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     extra_loss: Callable[[nn.Module, Any, Any], torch.Tensor] | None = None,
 ) -> nn.Module:
-    """Train ``model`` on ``dataset`` (in place) and return it in eval mode."""
+    """Train ``model`` on ``dataset`` (in place) and return it in eval mode.
+
+    Under ``torchrun`` the model is wrapped in ``DistributedDataParallel`` and each rank reads a
+    disjoint shard of every epoch's shuffled order, with ``batch_size / world_size`` per rank.
+    """
+    from torch.utils.data import DistributedSampler
     from tqdm.auto import tqdm
 
+    from .distributed import current, rank_device
+    from .precision import autocast, check_precision, grad_scaler, to_memory_format
+
+    check_precision(config.precision)
     task = task or ClassificationTask()
-    device = resolve_device(config.device)
-    model.to(device).train()
+    device = rank_device(resolve_device(config.device))
+    info = current()
+    to_memory_format(model.to(device), config.channels_last).train()
+    trained = model
+    if info.distributed:
+        trained = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
-                        generator=generator, num_workers=config.num_workers,
-                        collate_fn=collate_fn or collate)
+    batch_size = -(-config.batch_size // info.world_size)
+    sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed) if info.distributed else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        drop_last=len(dataset) > config.batch_size, generator=generator,
+                        num_workers=config.num_workers, collate_fn=collate_fn or collate)
+    scaler = grad_scaler(device, config.precision)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
@@ -81,22 +101,30 @@ def train_model(
         bar = tqdm(total=total, desc="train", unit="step", disable=not config.progress, leave=False)
         with bar:
             for epoch in range(config.epochs):
-                model.train()
+                trained.train()
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
                 for inputs, targets in loader:
                     for group in optimizer.param_groups:
                         group["lr"] = config.lr * one_cycle(step, total, config.warmup)
                     inputs, targets = move_to(inputs, device), move_to(targets, device)
-                    outputs = task.forward(model, inputs)
-                    loss = mixed_loss(task, outputs, Mixed(inputs, ((targets, 1.0),)))
-                    if extra_loss is not None:
-                        loss = loss + extra_loss(model, inputs, targets)
+                    with autocast(device, config.precision):
+                        outputs = task.forward(trained, to_memory_format(inputs, config.channels_last))
+                        loss = mixed_loss(task, outputs, Mixed(inputs, ((targets, 1.0),)))
+                        if extra_loss is not None:
+                            loss = loss + extra_loss(model, inputs, targets)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
                             f"training loss became {float(loss.detach())} at step {step}; lower the learning rate"
                         )
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    if scaler is None:
+                        loss.backward()
+                        optimizer.step()
+                    else:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
                     step += 1
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")

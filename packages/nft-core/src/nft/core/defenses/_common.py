@@ -75,8 +75,10 @@ def bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled, leave=False)
 
 
-def check_finite(loss: torch.Tensor, name: str, step: int, fix: str = "lower the learning rate") -> None:
-    if not torch.isfinite(loss):
+def check_finite(loss: torch.Tensor | float, name: str, step: int,
+                 fix: str = "lower the learning rate") -> None:
+    value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
         raise NonFiniteLossError(f"{name}: the loss became {float(loss)} at step {step}; {fix}")
 
 
