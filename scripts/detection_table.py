@@ -1,0 +1,175 @@
+"""Measure NFT on backdoored detectors (canvas data) and print the markdown results table.
+
+For each model and attack it runs exactly what a user runs —
+
+    nft attack --modality detection --model M --attack A --out RUNS/M/A
+    nft purify --run RUNS/M/A --out RUNS/M/A-nft --steps S --clean-per-class K --set batch_size=B ...
+
+— plus one clean detector per model (same data, same training, nothing poisoned) as the mAP
+reference. Finished runs are reused, so the script can be stopped and restarted, and several
+copies can work on different attacks at once (``--attacks``). ``--table-only`` prints the table
+from the runs that exist.
+
+    python scripts/detection_table.py --runs runs/detection            # SSDLite, every attack
+    python scripts/detection_table.py --runs runs/detection --models mmdet --attacks baddet-gma
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ATTACKS = ["clean-image", "baddet-oga", "baddet-rma", "baddet-gma", "baddet-oda"]
+MODEL_NAMES = {"ssdlite": "SSDLite (MobileNetV3 ×0.5, 96 px)", "mmdet": "mmdet FCOS (ResNet-18, 96 px)"}
+
+
+def _attack_flags(args, model: str) -> list[str]:
+    flags = ["--modality", "detection", "--model", model, "--seed", str(args.seed),
+             "--epochs", str(args.epochs), "--no-progress"]
+    if args.train_limit:
+        flags += ["--train-limit", str(args.train_limit)]
+    if args.test_limit:
+        flags += ["--test-limit", str(args.test_limit)]
+    if model == "mmdet":
+        flags += ["--lr", str(args.mmdet_lr)]
+    return flags
+
+
+def run_attack(args, model: str, attack: str) -> Path:
+    from nft.core.cli import main
+
+    out = Path(args.runs) / model / attack
+    if not (out / "report.json").is_file():
+        logging.info("training %s / %s", model, attack)
+        code = main(["attack", *_attack_flags(args, model), "--attack", attack,
+                     "--poison-rate", str(args.poison_rate), "--out", str(out)])
+        if code != 0:
+            raise SystemExit(f"nft attack failed for {model}/{attack}")
+    return out
+
+
+def run_purify(args, model: str, attack: str) -> Path:
+    from nft.core.cli import main
+
+    source = Path(args.runs) / model / attack
+    out = Path(args.runs) / model / f"{attack}-nft"
+    if not (out / "report.json").is_file():
+        logging.info("purifying %s / %s", model, attack)
+        flags = ["purify", "--run", str(source), "--out", str(out), "--steps", str(args.steps),
+                 "--clean-per-class", str(args.clean_per_class), "--seed", str(args.seed),
+                 "--no-progress", "--no-plots", "--set", f"batch_size={args.nft_batch}",
+                 "--set", f"rounds={args.rounds}", "--set", f"lr={args.nft_lr}"]
+        if main(flags) != 0:
+            raise SystemExit(f"nft purify failed for {model}/{attack}")
+    return out
+
+
+def run_clean(args, model: str) -> dict:
+    """The clean detector: same spec and training as the attacks, with no poisoned image."""
+    from nft.core import AttackSpec, TrainConfig, train_model
+    from nft.core.io import write_json
+    from nft.detection import DetectionTask, detection_collate, evaluate_detection, modality
+
+    out = Path(args.runs) / model / "clean" / "metrics.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    logging.info("training the clean %s", model)
+    spec = AttackSpec(model=model, seed=args.seed, epochs=args.epochs, train_limit=args.train_limit,
+                      test_limit=args.test_limit, progress=False,
+                      lr=args.mmdet_lr if model == "mmdet" else None)
+    parts = modality.experiment_parts(spec)
+    spec = parts["spec"]
+    torch.manual_seed(spec.seed)
+    detector = modality.build_model(spec, parts["num_classes"])
+    start = time.perf_counter()
+    train_model(detector, parts["train"], TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size,
+                                                      lr=spec.lr, seed=spec.seed, progress=False),
+                task=DetectionTask(), collate_fn=detection_collate)
+    metrics = {"seconds": time.perf_counter() - start,
+               **evaluate_detection(detector, parts["test"])}
+    # the clean model's "ASR" on each attack's triggered set: how often the outcome happens anyway
+    for attack in ATTACKS:
+        from nft.detection.attacks import TriggeredDetection
+        from nft.detection.metrics import attack_success
+
+        a = modality.make_attack(spec.replace(attack=attack), parts["num_classes"])
+        a.choose([parts["train"].dataset.annotations(int(i)) for i in parts["train"].indices],
+                 spec.poison_rate, spec.seed)
+        metrics[f"asr_{attack}"] = attack_success(detector, TriggeredDetection(parts["test"], a), a)["asr"]
+    write_json(out, metrics)
+    return metrics
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def table(args) -> str:
+    lines = [
+        "| model | attack | clean model mAP@0.5 | backdoored mAP@0.5 | backdoored mAP | backdoored ASR "
+        "| NFT mAP@0.5 | NFT mAP | NFT ASR | NFT time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in args.models:
+        clean_file = Path(args.runs) / model / "clean" / "metrics.json"
+        clean = json.loads(clean_file.read_text()) if clean_file.is_file() else {}
+        for attack in args.attacks:
+            bd_file = Path(args.runs) / model / attack / "report.json"
+            nft_file = Path(args.runs) / model / f"{attack}-nft" / "report.json"
+            bd = json.loads(bd_file.read_text()) if bd_file.is_file() else {}
+            nft = json.loads(nft_file.read_text()) if nft_file.is_file() else {}
+            after = nft.get("after", {})
+            clean_cell = _pct(clean.get("map"))
+            if clean.get(f"asr_{attack}") is not None:
+                clean_cell += f" (ASR {_pct(clean[f'asr_{attack}'])})"
+            lines.append(
+                f"| {MODEL_NAMES.get(model, model)} | {attack} | {clean_cell} | {_pct(bd.get('map'))} "
+                f"| {_pct(bd.get('map_coco'))} | {_pct(bd.get('asr'))} | {_pct(after.get('map'))} "
+                f"| {_pct(after.get('map_coco'))} | {_pct(after.get('asr'))} "
+                f"| {nft.get('seconds', 0):.0f} |" if nft else
+                f"| {MODEL_NAMES.get(model, model)} | {attack} | {clean_cell} | {_pct(bd.get('map'))} "
+                f"| {_pct(bd.get('map_coco'))} | {_pct(bd.get('asr'))} | – | – | – | – |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="runs/detection", help="folder for the run folders")
+    parser.add_argument("--models", nargs="+", default=["ssdlite"], choices=sorted(MODEL_NAMES))
+    parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--poison-rate", type=float, default=0.1)
+    parser.add_argument("--mmdet-lr", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=300, help="NFT optimiser steps")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--nft-batch", type=int, default=16)
+    parser.add_argument("--nft-lr", type=float, default=0.05)
+    parser.add_argument("--clean-per-class", type=int, default=10)
+    parser.add_argument("--skip-clean", action="store_true", help="no clean reference detector")
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    if not args.table_only:
+        for model in args.models:
+            if not args.skip_clean:
+                run_clean(args, model)
+            for attack in args.attacks:
+                run_attack(args, model, attack)
+                run_purify(args, model, attack)
+    print(table(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
