@@ -5,7 +5,7 @@ and 10 clean images per class) and prints the before / after table. Everything l
 runs/demo/: the attack run, the purified run (report.md, report.json, metrics.png, masks.png)
 and summary.md.
 
-Sized for a 2-core CPU in under 10 minutes: 22,000 training images (5,000 more are held out as the
+Sized for a 2-core CPU in under 10 minutes: 24,000 training images (5,000 more are held out as the
 defender's pool), 8 epochs at width 16; the full 10,000-image test set.
 """
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "runs" / "demo"), help="folder for the demo's runs")
-    p.add_argument("--train-limit", type=int, default=22000, help="training images used")
+    p.add_argument("--train-limit", type=int, default=24000, help="training images used")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--width", type=int, default=16, help="PreActResNet-18 width (64 = the paper's)")
     p.add_argument("--test-limit", type=int, default=None, help="test images used (default: all)")
