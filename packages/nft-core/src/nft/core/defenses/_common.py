@@ -168,14 +168,19 @@ def norm_layers(model: nn.Module, defense: str) -> list[tuple[str, nn.Module]]:
 
 @torch.no_grad()
 def prune_norm_channels(layers: Sequence[tuple[str, nn.Module]], scores: dict[str, torch.Tensor],
-                        threshold: float) -> dict[str, torch.Tensor]:
+                        threshold: float | None) -> dict[str, torch.Tensor]:
     """Zero γ of every channel whose score is ≤ ``threshold``; return the kept-channel masks.
+
+    ``threshold=None`` prunes nothing.
 
     Zeroing γ is how ANP's and RNP's official code prune (``prune_neuron_cifar.py``: the BN
     ``weight`` entry is set to 0); β stays, so the channel outputs a constant.
     """
     kept = {}
     for name, module in layers:
+        if threshold is None:
+            kept[name] = torch.ones(module.weight.shape)
+            continue
         pruned = scores[name].to(module.weight.device) <= threshold
         module.weight[pruned] = 0.0
         kept[name] = (~pruned).float().cpu()
@@ -232,7 +237,7 @@ def choose_threshold(
     step: float,
     tolerance: float,
     classification: bool,
-) -> tuple[float, list[dict]]:
+) -> tuple[float | None, list[dict]]:
     """The largest pruning threshold whose clean-set quality stays within ``tolerance``.
 
     The official ANP and RNP scripts sweep thresholds 0, 0.05, …, 0.9 and pick by eye on the
@@ -241,12 +246,13 @@ def choose_threshold(
     sweep stops at the first threshold whose accuracy on the defender's clean set falls more than
     ``tolerance`` (relative) below the unpruned model's, and the threshold before it is chosen:
     prune as much as the clean data says is affordable, and nothing about the attack is used.
-    The model's γ values are restored before returning.
+    ``None`` when even the lowest threshold costs too much (then nothing is pruned). The model's
+    γ values are restored before returning.
     """
     originals = {name: module.weight.detach().clone() for name, module in layers}
     base = quality(model)
     sweep = [{"threshold": None, "pruned": 0, "quality": base}]
-    chosen = 0.0
+    chosen: float | None = None
     thresholds = np.round(np.arange(0.0, max_threshold + step / 2, step), 6) if step > 0 else [max_threshold]
     try:
         for threshold in thresholds:

@@ -116,7 +116,7 @@ class ANP(Defense):
         kept = C.prune_norm_channels(layers, scores, threshold)
         pruned = int(sum(int((k == 0).sum()) for k in kept.values()))
         total = int(sum(k.numel() for k in kept.values()))
-        log.info("%s: pruned %d of %d channels at threshold %.2f", self.name, pruned, total, threshold)
+        log.info("%s: pruned %d of %d channels at threshold %s", self.name, pruned, total, threshold)
         model.eval()
         return DefenseOutcome(
             model=model, masks=scores, history=self._history,
