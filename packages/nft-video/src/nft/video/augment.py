@@ -1,0 +1,104 @@
+"""Mixing augmentations for clips ``(B, C, T, H, W)``: clip MixUp and VideoMix.
+
+NFT's only source of unusual inputs is mixing clean samples, and the reference README points
+video tasks to VideoMix (Kim et al., "VideoMix: Rethinking Data Augmentation for Video
+Classification", arXiv 2012.03457). Both augmentations return the core's
+:class:`~nft.core.Mixed`, so the loss is the core's ``Σ w · task.loss``.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+
+from nft.core import ConfigError, Mixed
+from nft.core.augment import permute_batch
+
+__all__ = ["ClipMixUp", "VideoMix"]
+
+VIDEOMIX_MODES = ("spatial", "temporal", "spatio-temporal")
+
+
+def _check_clips(inputs, name: str) -> None:
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point() or inputs.ndim != 5:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ConfigError(f"{name} mixes float clip batches of shape (B, C, T, H, W), got {shape}")
+
+
+class ClipMixUp:
+    """MixUp of whole clips: ``x̃ = λ·x + (1−λ)·x[π]`` with one ``λ ~ Beta(α, α)`` shared by every
+    frame of a clip (mixing frames with different weights would create motion that is in neither
+    clip). λ is drawn once per batch, so the targets keep the core's scalar weights."""
+
+    name = "clip-mixup"
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        if not alpha > 0:
+            raise ConfigError(f"clip MixUp alpha must be positive, got {alpha}")
+        self.alpha = float(alpha)
+
+    def __call__(self, inputs, targets, *, rng: np.random.Generator, generator: torch.Generator) -> Mixed:
+        _check_clips(inputs, "ClipMixUp")
+        lam = float(rng.beta(self.alpha, self.alpha))
+        order = torch.randperm(inputs.shape[0], generator=generator)
+        mixed = lam * inputs + (1.0 - lam) * permute_batch(inputs, order)
+        return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)))
+
+    def hooks(self, model: nn.Module) -> AbstractContextManager:
+        return nullcontext()
+
+    def __repr__(self) -> str:
+        return f"ClipMixUp(alpha={self.alpha})"
+
+
+class VideoMix:
+    """VideoMix: paste a cuboid of another clip of the batch into each clip.
+
+    ``mode`` picks the cuboid (Kim et al., §3): ``spatial`` (a box over all frames),
+    ``temporal`` (a frame range over the whole frame) or ``spatio-temporal`` (both). As in
+    CutMix, ``λ ~ Beta(α, α)`` (α = 1: uniform) sets the kept volume; the cuboid's sides are
+    ``(1−λ)^(1/d)`` of the clip's along the ``d`` cut axes, its centre is uniform, it is clipped
+    at the borders, and the label weights are the actual volume ratio after clipping.
+    """
+
+    name = "videomix"
+
+    def __init__(self, alpha: float = 1.0, mode: str = "spatio-temporal") -> None:
+        if not alpha > 0:
+            raise ConfigError(f"VideoMix alpha must be positive, got {alpha}")
+        if mode not in VIDEOMIX_MODES:
+            raise ConfigError(f"VideoMix mode {mode!r} is unknown; use one of {VIDEOMIX_MODES}")
+        self.alpha = float(alpha)
+        self.mode = mode
+
+    def _span(self, length: int, ratio: float, rng: np.random.Generator) -> tuple[int, int]:
+        cut = int(round(length * ratio))
+        centre = int(rng.integers(0, length))
+        return max(0, centre - cut // 2), min(length, centre + cut - cut // 2)
+
+    def __call__(self, inputs, targets, *, rng: np.random.Generator, generator: torch.Generator) -> Mixed:
+        _check_clips(inputs, "VideoMix")
+        _, _, frames, height, width = inputs.shape
+        lam = float(rng.beta(self.alpha, self.alpha))
+        axes = {"spatial": 2, "temporal": 1, "spatio-temporal": 3}[self.mode]
+        side = (1.0 - lam) ** (1.0 / axes)
+        t0, t1 = (0, frames) if self.mode == "spatial" else self._span(frames, side, rng)
+        if self.mode == "temporal":
+            (y0, y1), (x0, x1) = (0, height), (0, width)
+        else:
+            (y0, y1), (x0, x1) = self._span(height, side, rng), self._span(width, side, rng)
+        order = torch.randperm(inputs.shape[0], generator=generator)
+        mixed = inputs.clone()
+        mixed[:, :, t0:t1, y0:y1, x0:x1] = permute_batch(inputs, order)[:, :, t0:t1, y0:y1, x0:x1]
+        pasted = (t1 - t0) * (y1 - y0) * (x1 - x0) / float(frames * height * width)
+        keep = 1.0 - pasted
+        return Mixed(mixed, ((targets, keep), (permute_batch(targets, order), pasted)))
+
+    def hooks(self, model: nn.Module) -> AbstractContextManager:
+        return nullcontext()
+
+    def __repr__(self) -> str:
+        return f"VideoMix(alpha={self.alpha}, mode={self.mode!r})"
