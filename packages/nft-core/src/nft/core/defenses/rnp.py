@@ -14,11 +14,14 @@ Unlearning exposes backdoor neurons; recovering tells them apart:
 Defaults are the official code's (bboylyg/RNP, ``main.py``): unlearning SGD lr 0.01, momentum
 0.9, weight decay 5e-4, gradient-norm clip 20, lr × 0.1 at epochs 10 and 20, at most 20 epochs,
 stop at 20 % clean accuracy; recovering SGD lr 0.2, momentum 0.9, 20 epochs, loss 0.2 · L;
-batch 128; model in train mode; masks on every normalisation layer, the stem's too. An official
-epoch is one pass over 500 clean images, ⌈500 / 128⌉ = 4 batches; here an epoch is
-``steps_per_epoch`` = 4 batches drawn with replacement whatever the clean-set size (with 100
-clean images, an epoch is about 5 passes). The official code calls ``clip_grad_norm_`` before
-``backward()``, so it clips nothing; here the clip is applied to the real gradient, as intended.
+batch 128; model in train mode; masks on every normalisation layer, the stem's too. An epoch is
+one pass over the clean set, as in the official code: ⌈n_clean / batch⌉ batches drawn with
+replacement (4 for the official 500 images; 1 for 100 clean images, so unlearning is at most 20
+steps and recovering 20 steps there; 24 for 3,000). ``steps_per_epoch`` fixes it instead.
+Unlearning is sensitive to this granularity: the stop test runs once per epoch, and a model that
+unlearns fast can overshoot the 20 % target within one long epoch, after which recovering cannot
+bring clean channels back. The official code calls ``clip_grad_norm_`` before ``backward()``,
+so it clips nothing; here the clip is applied to the real gradient, as intended.
 
 Pruning threshold: as for ANP (see :mod:`nft.core.defenses.anp`), the official sweep over
 0 → 0.9 by 0.05 is judged on the defender's clean set only: the largest threshold whose clean-set
@@ -50,8 +53,8 @@ class RNPConfig(DefenseConfig):
     """RNP's knobs; defaults from the official ``main.py``."""
 
     batch_size: int = 128
-    steps_per_epoch: int = 4
-    """Batches per epoch (the official 500 clean images / batch 128)."""
+    steps_per_epoch: int | None = None
+    """Batches per epoch; ``None`` = one pass over the clean set, ⌈n_clean / batch_size⌉."""
     unlearn_epochs: int = 20
     """Maximum unlearning epochs (``--unlearning_epochs``)."""
     unlearn_lr: float = 0.01
@@ -80,7 +83,8 @@ class RNPConfig(DefenseConfig):
         object.__setattr__(self, "unlearn_milestones", tuple(int(m) for m in self.unlearn_milestones))
         checks = [
             (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            (self.steps_per_epoch >= 1, f"steps_per_epoch must be ≥ 1, got {self.steps_per_epoch}"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+             f"steps_per_epoch must be ≥ 1 or None, got {self.steps_per_epoch}"),
             (self.unlearn_epochs >= 1, f"unlearn_epochs must be ≥ 1, got {self.unlearn_epochs}"),
             (self.recover_epochs >= 1, f"recover_epochs must be ≥ 1, got {self.recover_epochs}"),
             (self.unlearn_lr > 0 and self.recover_lr > 0, "learning rates must be > 0"),
@@ -106,8 +110,9 @@ class RNP(Defense):
         layers = C.norm_layers(model, self.name)
         batches = C.make_batches(clean, cfg.batch_size, cfg.seed, device, context.collate_fn)
         self._history: list[dict] = []
+        self._per_epoch = cfg.steps_per_epoch or -(-len(clean) // cfg.batch_size)
         with C.seeded_run(device, cfg.seed), C.bar(
-                (cfg.unlearn_epochs + cfg.recover_epochs) * cfg.steps_per_epoch, self.name, cfg.progress) as pbar:
+                (cfg.unlearn_epochs + cfg.recover_epochs) * self._per_epoch, self.name, cfg.progress) as pbar:
             work = C.copy_model(model)
             epochs = self._unlearn(work, batches, context, pbar)
             scores = self._recover(work, [n for n, _ in layers], batches, context, pbar)
@@ -147,15 +152,13 @@ class RNP(Defense):
             lr = cfg.unlearn_lr * 0.1 ** sum(epoch >= m for m in cfg.unlearn_milestones)
             for group in opt.param_groups:
                 group["lr"] = lr
-            for _ in range(cfg.steps_per_epoch):
-                correct = seen = 0
+            correct = seen = 0
+            for _ in range(self._per_epoch):
                 inputs, targets, _, _ = batches.get(step)
                 outputs = task.forward(work, inputs)
                 loss = task.loss(outputs, targets)
                 C.check_finite(loss, self.name, step)
                 correct, seen = _count(task, outputs, targets, correct, seen)
-                if seen and correct / seen <= cfg.clean_threshold:
-                    return epoch + 1
                 opt.zero_grad(set_to_none=True)
                 (-loss).backward()  # gradient ascent: unlearn the clean task
                 nn.utils.clip_grad_norm_(params, max_norm=cfg.clip_norm)
@@ -185,7 +188,7 @@ class RNP(Defense):
         with C.frozen(work):
             for epoch in range(cfg.recover_epochs):
                 correct = seen = 0
-                for _ in range(cfg.steps_per_epoch):
+                for _ in range(self._per_epoch):
                     inputs, targets, _, _ = batches.get(step)
                     outputs = task.forward(net, inputs)
                     loss = cfg.alpha * task.loss(outputs, targets)
