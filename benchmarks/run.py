@@ -1,0 +1,259 @@
+"""`make bench`: NFT's efficiency measured as ratios, all in one run on the same backdoored model.
+
+1. Purification wall time of NFT and of each competing defense at its default settings, from the
+   same 10-per-class clean set, with ASR / ACC / DER after; and the time each needs to reach
+   ASR ≤ 5% (NFT is evaluated every 50 steps; another defense counts its whole run if it ends
+   at ASR ≤ 5%, and "never" otherwise).
+2. One NFT step vs one weight fine-tuning step on the same model and batch: masks-only training
+   computes no weight gradients.
+3. Inference latency and parameter count of the purified model vs the original (masks are
+   folded, so both must be equal).
+4. Peak memory of NFT vs fine-tuning (peak RSS of a fresh process above its baseline on CPU;
+   ``torch.cuda.max_memory_allocated`` on GPU).
+
+Results go to ``benchmarks/results/latest.json`` and ``latest.md``. Ratios, not seconds, are the
+portable numbers: every timing here comes from the same process on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+COMPETITORS = ("anp", "i-bau", "awm", "ft-sam", "rnp")
+OTHERS = ("ft", "fst", "nad", "sau")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="NFT performance benchmarks (ratios measured in one run)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench-perf"), help="where the model is trained")
+    p.add_argument("--train-limit", type=int, default=12000)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--test-limit", type=int, default=2000)
+    p.add_argument("--defenses", nargs="*", default=None, help="defenses to time (default: all registered)")
+    p.add_argument("--out", default=str(RESULTS))
+    return p.parse_args(argv)
+
+
+def backdoored_run(args) -> Path:
+    from nft.core.cli import main as nft
+
+    run = Path(args.work) / "badnets"
+    if not (run / "config.json").is_file():
+        code = nft(["attack", "--modality", "vision", "--attack", "badnets", "--model", "preactresnet18",
+                    "--model-arg", f"width={args.width}", "--epochs", str(args.epochs),
+                    "--train-limit", str(args.train_limit), "--test-limit", str(args.test_limit),
+                    "--out", str(run), "--no-progress"])
+        if code != 0:
+            raise SystemExit("could not train the benchmark's backdoored model")
+    return run
+
+
+def load(run: Path):
+    from nft.core import select_clean_subset
+    from nft.core.registry import load_modality
+
+    experiment = load_modality("vision").load_experiment(run)
+    clean = select_clean_subset(experiment.defender_pool, per_class=10, seed=0, labels=experiment.pool_labels)
+    return experiment, clean
+
+
+class _AsrEvery:
+    """NFT callback: evaluate every `every` steps and note when ASR first reaches ≤ 5%."""
+
+    def __init__(self, experiment, every: int, start: float) -> None:
+        self.experiment, self.every, self.start = experiment, every, start
+        self.reached: float | None = None
+        self.spent = 0.0
+
+    def on_step_end(self, purifier, step, loss):
+        if self.reached is not None or step % self.every:
+            return
+        t0 = time.perf_counter()
+        with purifier.evaluation() as model:
+            asr = self.experiment.evaluate(model)["asr"]
+        self.spent += time.perf_counter() - t0  # evaluation time is not purification time
+        if asr <= 0.05:
+            self.reached = time.perf_counter() - self.start - self.spent
+
+    def on_round_end(self, purifier, step):
+        pass
+
+
+def defense_times(experiment, clean, names) -> list[dict]:
+    from nft.core import DEFENSES, defense_effectiveness_rating, purify
+
+    before = experiment.evaluate(experiment.model)
+    rows = []
+    for name in names:
+        config = DEFENSES.get(name)(None).config.replace(progress=False)
+        callbacks = ()
+        if name == "nft":
+            tracker = _AsrEvery(experiment, 50, time.perf_counter())
+            callbacks = (tracker,)
+        result = purify(experiment.model, clean, config, method=name, task=experiment.task,
+                        augmentation=experiment.augmentation, input_space=experiment.input_space,
+                        callbacks=callbacks)
+        seconds = result.seconds - (tracker.spent if name == "nft" else 0.0)
+        after = experiment.evaluate(result.model)
+        reached = (tracker.reached if name == "nft" else (seconds if after["asr"] <= 0.05 else None))
+        rows.append({"defense": name, "seconds": seconds, "to_asr_5": reached, "before": before,
+                     "after": after, "der": defense_effectiveness_rating(before, after)})
+        print(f"  {name:<12} {seconds:7.1f} s  ASR {100 * after['asr']:6.2f}%  ACC {100 * after['acc']:6.2f}%",
+              flush=True)
+    return rows
+
+
+def step_times(experiment, clean, steps: int = 30) -> dict:
+    """Median seconds of one NFT step and one full-weight fine-tuning step, same batch size."""
+    import copy
+
+    from nft.core import PurifyConfig, Purifier
+    from nft.core.data import SeededBatches
+    from nft.core.purify import resolve_device
+
+    nft = Purifier(copy.deepcopy(experiment.model), clean, PurifyConfig(progress=False))
+    nft_times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        nft.step()
+        nft_times.append(time.perf_counter() - t0)
+    model = copy.deepcopy(experiment.model).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = SeededBatches(clean, 128, 0, resolve_device(None))
+    ft_times = []
+    for s in range(steps):
+        t0 = time.perf_counter()
+        x, y, _, _ = batches.get(s)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ft_times.append(time.perf_counter() - t0)
+    weight_grads = [p.grad is not None for n, p in nft.masked.model.named_parameters() if "mask" not in n]
+    return {"nft_step": statistics.median(nft_times[3:]), "ft_step": statistics.median(ft_times[3:]),
+            "nft_weight_grads": sum(weight_grads)}
+
+
+def inference(experiment, clean) -> dict:
+    from nft.core import PurifyConfig, purify
+
+    purified = purify(experiment.model, clean, PurifyConfig(steps=20, progress=False)).model.eval()
+    original = experiment.model.eval()
+    x = torch.stack([experiment.defender_pool[i][0] for i in range(256)])
+
+    def latency(model):
+        with torch.no_grad():
+            for _ in range(3):
+                model(x)
+            times = []
+            for _ in range(15):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"params_original": count(original), "params_purified": count(purified),
+            "latency_original": latency(original), "latency_purified": latency(purified),
+            "same_class": type(original) is type(purified)}
+
+
+MEMORY_PROBE = r"""
+import json, resource, sys, torch
+sys.path.insert(0, {root!r})
+from benchmarks.run import load
+from pathlib import Path
+experiment, clean = load(Path({run!r}))
+from nft.core import purify, DEFENSES
+cuda = torch.cuda.is_available()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+experiment.model(torch.stack([clean[i][0] for i in range(128)]))  # warm the allocator
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+config = DEFENSES.get({method!r})(None).config.replace(steps=20, progress=False)
+purify(experiment.model, clean, config, method={method!r})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"kib": peak - base, "cuda_bytes": torch.cuda.max_memory_allocated() if cuda else None}}))
+"""
+
+
+def memory(run: Path) -> dict:
+    out = {}
+    for method in ("nft", "ft"):
+        code = MEMORY_PROBE.format(root=str(ROOT), run=str(run), method=method)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out[method] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def markdown(result: dict) -> str:
+    rows = result["defenses"]
+    nft = next(r for r in rows if r["defense"] == "nft")
+    lines = ["| defense | seconds | × NFT's time | time to ASR ≤ 5% | ASR after (%) | ACC after (%) | DER (%) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        reach = f"{r['to_asr_5']:.1f} s" if r["to_asr_5"] is not None else "never"
+        lines.append(f"| {r['defense']} | {r['seconds']:.1f} | {r['seconds'] / nft['seconds']:.2f} | {reach} | "
+                     f"{100 * r['after']['asr']:.2f} | {100 * r['after']['acc']:.2f} | {100 * r['der']:.2f} |")
+    steps, inf, mem = result["steps"], result["inference"], result["memory"]
+    competitors = [r for r in rows if r["defense"] in COMPETITORS]
+    lines += ["", f"Backdoored model before defense: ACC {100 * nft['before']['acc']:.2f}%, "
+                  f"ASR {100 * nft['before']['asr']:.2f}%."]
+    if competitors:
+        fastest = min(competitors, key=lambda r: r["seconds"])
+        lines.append(f"Fastest of {', '.join(r['defense'] for r in competitors)}: {fastest['defense']} at "
+                     f"{fastest['seconds']:.1f} s = **{fastest['seconds'] / nft['seconds']:.2f}× NFT's time**; "
+                     f"DER NFT {100 * nft['der']:.2f}% vs {100 * fastest['der']:.2f}%.")
+    lines += [
+        "", "| measurement | NFT | fine-tuning | ratio |", "|---|---|---|---|",
+        f"| one step (batch 128), s | {steps['nft_step']:.4f} | {steps['ft_step']:.4f} | "
+        f"{steps['ft_step'] / steps['nft_step']:.2f}× faster |",
+        f"| weight gradients computed during NFT | {steps['nft_weight_grads']} | – | – |",
+        f"| peak memory above baseline, MiB | {mem['nft']['kib'] / 1024:.1f} | {mem['ft']['kib'] / 1024:.1f} | "
+        f"{mem['ft']['kib'] / max(1, mem['nft']['kib']):.2f}× less |",
+        "", "| purified vs original | original | purified | ratio |", "|---|---|---|---|",
+        f"| parameters | {inf['params_original']} | {inf['params_purified']} | "
+        f"{inf['params_purified'] / inf['params_original']:.3f} |",
+        f"| inference latency (batch 256), s | {inf['latency_original']:.4f} | {inf['latency_purified']:.4f} | "
+        f"{inf['latency_purified'] / inf['latency_original']:.2f} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from nft.core import DEFENSES
+    from nft.core.io import atomic_write_text, write_json
+
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    run = backdoored_run(args)
+    experiment, clean = load(run)
+    names = args.defenses or ["nft", *[n for n in (*COMPETITORS, *OTHERS) if n in DEFENSES]]
+    print("purification time per defense (10 clean images per class):", flush=True)
+    result = {"defenses": defense_times(experiment, clean, names), "steps": step_times(experiment, clean),
+              "inference": inference(experiment, clean), "memory": memory(run),
+              "torch_threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    result["total_seconds"] = time.perf_counter() - start
+    out = Path(args.out)
+    write_json(out / "latest.json", result)
+    atomic_write_text(out / "latest.md", "# NFT performance (one run)\n\n" + markdown(result))
+    print("\n" + markdown(result))
+    print(f"wrote {out}/latest.json and latest.md ({result['total_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
