@@ -1,0 +1,113 @@
+"""PointMixup, RSMix and point-wise MixUp: the augmentation contract and what each one promises."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from nft.core import ConfigError
+from nft.core.testing import AugmentationContract
+from nft.pointcloud import PointCloudTask, PointMixup, PointNet, PointWiseMixUp, RSMix, optimal_assignment
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(6, 32, 3, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+class _Contract(AugmentationContract):
+    def make_batch(self):
+        return _batch()
+
+    def make_task(self):
+        return PointCloudTask()
+
+    def make_model(self):
+        torch.manual_seed(0)
+        return PointNet(num_classes=3, width=8).eval()
+
+
+class TestPointMixup(_Contract):
+    def make_augmentation(self):
+        return PointMixup()
+
+
+class TestRSMix(_Contract):
+    def make_augmentation(self):
+        return RSMix()
+
+
+class TestPointWiseMixUp(_Contract):
+    def make_augmentation(self):
+        return PointWiseMixUp()
+
+
+def _nearest(a, b):
+    """Distance from every point of ``a`` to its nearest point of ``b`` (exact, not cdist's mm)."""
+    return ((a[:, None] - b[None]) ** 2).sum(-1).min(dim=1).values.sqrt()
+
+
+def _mix(aug, inputs, labels, seed=0):
+    return aug(inputs, labels, rng=np.random.default_rng(seed), generator=torch.Generator().manual_seed(seed))
+
+
+def test_optimal_assignment_is_the_brute_force_optimum():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(3, 6, 3, generator=g), torch.randn(3, 6, 3, generator=g)
+    assign = optimal_assignment(a, b)
+    for i in range(3):
+        cost = lambda perm: float(((a[i] - b[i][list(perm)]) ** 2).sum())  # noqa: E731
+        best = min(itertools.permutations(range(6)), key=cost)
+        assert cost(assign[i].tolist()) == pytest.approx(cost(best))
+        assert sorted(assign[i].tolist()) == list(range(6))  # a bijection
+
+
+def test_pointmixup_of_a_cloud_with_a_shuffled_copy_is_the_cloud():
+    """Interpolating along the optimal matching, not point indices: order does not matter."""
+    cloud = torch.randn(1, 40, 3)
+    shuffled = cloud[:, torch.randperm(40)]
+    batch = torch.cat([cloud, shuffled])
+    # a seed whose partner permutation swaps the two clouds (the augmentations draw it first)
+    seed = next(s for s in range(100) if torch.randperm(2, generator=torch.Generator().manual_seed(s))[0] == 1)
+    mixed = _mix(PointMixup(), batch, torch.tensor([0, 0]), seed=seed)
+    for out in mixed.inputs:
+        assert float(_nearest(out, cloud[0]).max()) < 1e-5
+    naive = _mix(PointWiseMixUp(), batch, torch.tensor([0, 0]), seed=seed)
+    assert float(_nearest(naive.inputs[0], cloud[0]).max()) > 1e-2
+
+
+def test_rsmix_moves_a_rigid_subset_and_weights_by_its_size():
+    inputs, labels = _batch()
+    mixed = _mix(RSMix(), inputs, labels, seed=2)
+    lam = mixed.targets[1][1]
+    changed = (mixed.inputs != inputs).any(dim=-1)  # (B, N) replaced points
+    k = int(round(lam * 32))
+    assert k > 0 and all(int(c.sum()) <= k for c in changed)
+    for i in range(len(inputs)):
+        moved = mixed.inputs[i][changed[i]]
+        if len(moved) < 2:
+            continue
+        # the inserted points are a translated copy of partner points: pairwise distances are
+        # distances within one other cloud of the batch
+        d = torch.cdist(moved, moved)
+        ok = False
+        for j in range(len(inputs)):  # the partner (may be the cloud itself)
+            offsets = moved[0] - inputs[j]
+            for off in offsets:
+                shifted = inputs[j] + off
+                if float(_nearest(moved, shifted).max()) < 1e-5:
+                    ok = True
+                    break
+            if ok:
+                break
+        assert ok, f"cloud {i}: inserted points are not a rigid copy of a partner's points"
+        assert torch.allclose(d, d.T)
+
+
+def test_augmentations_reject_non_cloud_batches():
+    for aug in (PointMixup(), RSMix(), PointWiseMixUp()):
+        with pytest.raises(ConfigError, match="points"):
+            _mix(aug, torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))
+    with pytest.raises(ConfigError, match="alpha"):
+        PointMixup(alpha=0)
