@@ -5,7 +5,8 @@ Options beyond :class:`~nft.core.AttackSpec`'s fields:
 * ``--model-arg``: model options (``width``, ``stem_dim``, …) and the clip geometry, which the
   model is built for: ``frames`` (clip length), ``size`` (frame side), ``stride`` (temporal
   step), ``clips_per_video`` (evaluation), ``split`` (UCF-101 / HMDB-51 official split 1-3),
-  ``motion_train_per_class`` / ``motion_test_per_class`` (size of the generated set);
+  ``motion_train_per_class`` / ``motion_test_per_class`` / ``motion_classes`` (size of the
+  generated set);
 * ``--attack-arg``: ``patch_size`` and ``frame_range=[start, stop]`` (badnets), ``alpha``
   (blend), the :class:`~nft.video.attacks.CleanLabelConfig` fields (clean-label).
 
@@ -60,7 +61,7 @@ __all__ = ["VideoModality", "VideoSetup", "modality"]
 log = logging.getLogger(__name__)
 
 DATA_KEYS = ("frames", "size", "stride", "clips_per_video", "split", "motion_train_per_class",
-             "motion_test_per_class")
+             "motion_test_per_class", "motion_classes")
 DATASET_GEOMETRY = {
     "motion": {"frames": 8, "size": 32, "stride": 1, "clips_per_video": 3},
     # the usual small-input protocol for 3D ResNets on UCF-101 / HMDB-51 (16 × 112²)
@@ -125,7 +126,8 @@ class VideoModality(Modality):
         frames, size, stride = geometry["frames"], geometry["size"], geometry["stride"]
         if dataset == "motion":
             config = MotionConfig(train_per_class=geometry.pop("motion_train_per_class", 120),
-                                  test_per_class=geometry.pop("motion_test_per_class", 40))
+                                  test_per_class=geometry.pop("motion_test_per_class", 40),
+                                  classes=geometry.pop("motion_classes", 10))
             if size != config.size:
                 raise ConfigError(f"the motion set is rendered at {config.size} px; drop size={size}")
             full_train = motion_dataset("train", config, frames=frames, stride=stride,
@@ -201,8 +203,12 @@ class VideoModality(Modality):
         model = setup.build_model(spec.model)
         return train_model(model, setup.train, self.train_config(spec))
 
-    def poison(self, spec: AttackSpec, setup: VideoSetup) -> tuple[PoisonedDataset, ClipTrigger, dict]:
-        """The poisoned training set and the trigger (learning it for clean-label)."""
+    def poison(self, spec: AttackSpec, setup: VideoSetup, *, clean_model: nn.Module | None = None
+               ) -> tuple[PoisonedDataset, ClipTrigger, dict]:
+        """The poisoned training set and the trigger (learning it for clean-label).
+
+        ``clean_model``: the attacker's clean model for clean-label (trained here when ``None``).
+        """
         name = self.attacks.canonical(spec.attack)
         target_of = self._target_of(spec, setup.num_classes)
         labels = setup.train.targets
@@ -216,8 +222,10 @@ class VideoModality(Modality):
             raise ConfigError("the clean-label attack is all-to-one (it poisons the target class only)")
         config = self._clean_label_config(spec)
         device = resolve_device(spec.device)
-        log.info("clean-label: training the attacker's clean model")
-        clean = self.train_clean(spec, setup).to(device)
+        if clean_model is None:
+            log.info("clean-label: training the attacker's clean model")
+            clean_model = self.train_clean(spec, setup)
+        clean = clean_model.to(device)
         frames, size = setup.geometry["frames"], setup.geometry["size"]
         others = np.flatnonzero(labels != spec.target)
         source = setup.train.with_mode(train=True)
@@ -230,7 +238,7 @@ class VideoModality(Modality):
                                        target=spec.target, clean_label=True)
         perturbed = perturb_videos(
             clean, [setup.train.video(int(i)) for i in chosen], labels[chosen],
-            clip_starts=lambda length: list(range(0, max(1, length - setup.train.span() + 1))),
+            clip_starts=lambda length: setup.train.starts(length, -(-length // setup.train.span()) + 1),
             frames=frames, stride=setup.train.stride, config=config, device=device,
             progress=spec.progress)
         for i, video in zip(chosen, perturbed):
@@ -241,11 +249,14 @@ class VideoModality(Modality):
                                        clips_per_video=1, device=device)["asr"]
         return data, trigger, {"poisoned": len(chosen), "clean_model_asr": clean_asr}
 
-    def train_backdoor(self, spec: AttackSpec, run: RunFolder) -> dict[str, float]:
+    def train_backdoor(self, spec: AttackSpec, run: RunFolder, *,
+                       clean_model: nn.Module | None = None) -> dict[str, float]:
+        """Train the backdoored model into ``run``. ``clean_model`` (optional) is the attacker's
+        clean model for clean-label, when the caller already has one for the same spec."""
         self.models.canonical(spec.model)
         self.attacks.canonical(spec.attack)
         setup = self.setup(spec)
-        data, trigger, info = self.poison(spec, setup)
+        data, trigger, info = self.poison(spec, setup, clean_model=clean_model)
         torch.manual_seed(spec.seed)
         model = setup.build_model(spec.model)
         train_model(model, data, self.train_config(spec))

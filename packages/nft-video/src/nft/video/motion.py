@@ -59,6 +59,7 @@ class MotionConfig:
         seed: seeds every random draw of the generator.
         noise: standard deviation of the per-pixel canvas noise (in [0, 1] units).
         fps: the files' frame rate (metadata only).
+        classes: use the first ``classes`` motions of :data:`MOTIONS` (fewer make quick tests).
     """
 
     train_per_class: int = 120
@@ -68,8 +69,11 @@ class MotionConfig:
     seed: int = 0
     noise: float = 0.03
     fps: int = 8
+    classes: int = 10
 
     def __post_init__(self) -> None:
+        if not 2 <= self.classes <= len(MOTIONS):
+            raise ConfigError(f"motion classes must be in [2, {len(MOTIONS)}], got {self.classes}")
         if self.train_per_class < 1 or self.test_per_class < 1:
             raise ConfigError("motion needs at least one video per class in each split")
         if self.frames < 4:
@@ -78,7 +82,10 @@ class MotionConfig:
             raise ConfigError(f"motion canvas size must be even and ≥ 16, got {self.size}")
 
     def key(self) -> str:
-        payload = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if fields["classes"] == len(MOTIONS):  # keys made before the option existed stay valid
+            del fields["classes"]
+        payload = json.dumps({"version": GENERATOR_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -205,10 +212,11 @@ def _generate(config: MotionConfig, target: Path, fashion_root: str | Path | Non
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        index = {"config": asdict(config), "version": GENERATOR_VERSION, "classes": list(MOTIONS)}
+        motions = MOTIONS[: config.classes]
+        index = {"config": asdict(config), "version": GENERATOR_VERSION, "classes": list(motions)}
         for split, per_class in (("train", config.train_per_class), ("test", config.test_per_class)):
             sprites = fashion_mnist(split == "train", fashion_root)
-            labels = np.repeat(np.arange(len(MOTIONS)), per_class)
+            labels = np.repeat(np.arange(len(motions)), per_class)
             labels = labels[rng.permutation(len(labels))]
             choice = rng.choice(len(sprites), size=len(labels), replace=False)
             entries = []
