@@ -26,18 +26,23 @@ from pathlib import Path
 import torch
 
 ATTACKS = ["clean-image", "baddet-oga", "baddet-rma", "baddet-gma", "baddet-oda"]
-MODEL_NAMES = {"ssdlite": "SSDLite (MobileNetV3 ×0.5, 96 px)", "mmdet": "mmdet FCOS (ResNet-18, 96 px)"}
+MODEL_NAMES = {"ssdlite": "SSDLite (MobileNetV3 ×0.5, 64 px)", "mmdet": "mmdet FCOS (ResNet-18, 64 px)"}
+
+
+def _clean_path(args, model: str) -> Path:
+    return Path(args.runs) / model / "clean" / "model.safetensors"
 
 
 def _attack_flags(args, model: str) -> list[str]:
+    # The backdoored detector is the clean detector fine-tuned on the poisoned training set
+    # (detectors are trained from pretrained weights in practice; this also keeps CPU time low).
     flags = ["--modality", "detection", "--model", model, "--seed", str(args.seed),
-             "--epochs", str(args.epochs), "--no-progress"]
+             "--epochs", str(args.epochs), "--lr", str(args.ft_lr), "--no-progress",
+             "--model-arg", f"init={_clean_path(args, model).resolve()}"]
     if args.train_limit:
         flags += ["--train-limit", str(args.train_limit)]
     if args.test_limit:
         flags += ["--test-limit", str(args.test_limit)]
-    if model == "mmdet":
-        flags += ["--lr", str(args.mmdet_lr)]
     return flags
 
 
@@ -71,7 +76,8 @@ def run_purify(args, model: str, attack: str) -> Path:
 
 
 def run_clean(args, model: str) -> dict:
-    """The clean detector: same spec and training as the attacks, with no poisoned image."""
+    """The clean detector, trained from scratch on the clean training part (the defender's pool
+    excluded); it is the mAP reference and the starting point of every backdoored detector."""
     from nft.core import AttackSpec, TrainConfig, train_model
     from nft.core.io import write_json
     from nft.detection import DetectionTask, detection_collate, evaluate_detection, modality
@@ -80,17 +86,26 @@ def run_clean(args, model: str) -> dict:
     if out.is_file():
         return json.loads(out.read_text())
     logging.info("training the clean %s", model)
-    spec = AttackSpec(model=model, seed=args.seed, epochs=args.epochs, train_limit=args.train_limit,
-                      test_limit=args.test_limit, progress=False,
-                      lr=args.mmdet_lr if model == "mmdet" else None)
+    spec = AttackSpec(model=model, seed=args.seed, epochs=args.pretrain_epochs,
+                      train_limit=args.train_limit, test_limit=args.test_limit, progress=False,
+                      lr=args.mmdet_lr if model == "mmdet" else args.lr, poison_rate=args.poison_rate)
     parts = modality.experiment_parts(spec)
     spec = parts["spec"]
     torch.manual_seed(spec.seed)
     detector = modality.build_model(spec, parts["num_classes"])
     start = time.perf_counter()
+    def report(epoch, model):
+        if (epoch + 1) % 3 == 0 or epoch + 1 == spec.epochs:
+            logging.info("clean %s epoch %d: %s", model_name, epoch + 1,
+                         evaluate_detection(model, parts["test"]))
+
+    model_name = model
     train_model(detector, parts["train"], TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size,
                                                       lr=spec.lr, seed=spec.seed, progress=False),
-                task=DetectionTask(), collate_fn=detection_collate)
+                task=DetectionTask(), collate_fn=detection_collate, on_epoch_end=report)
+    from nft.core.io import save_tensors
+
+    save_tensors(detector.state_dict(), _clean_path(args, model))
     metrics = {"seconds": time.perf_counter() - start,
                **evaluate_detection(detector, parts["test"])}
     # the clean model's "ASR" on each attack's triggered set: how often the outcome happens anyway
@@ -143,10 +158,13 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default="runs/detection", help="folder for the run folders")
     parser.add_argument("--models", nargs="+", default=["ssdlite"], choices=sorted(MODEL_NAMES))
     parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--pretrain-epochs", type=int, default=15, help="clean detector's epochs")
+    parser.add_argument("--lr", type=float, default=0.05, help="clean detector's peak rate")
+    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs on the poisoned set")
+    parser.add_argument("--ft-lr", type=float, default=0.02, help="fine-tuning peak rate")
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--test-limit", type=int, default=None)
-    parser.add_argument("--poison-rate", type=float, default=0.1)
+    parser.add_argument("--poison-rate", type=float, default=0.15)
     parser.add_argument("--mmdet-lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=300, help="NFT optimiser steps")
@@ -154,7 +172,6 @@ def main(argv=None) -> int:
     parser.add_argument("--nft-batch", type=int, default=16)
     parser.add_argument("--nft-lr", type=float, default=0.05)
     parser.add_argument("--clean-per-class", type=int, default=10)
-    parser.add_argument("--skip-clean", action="store_true", help="no clean reference detector")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -162,8 +179,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if not args.table_only:
         for model in args.models:
-            if not args.skip_clean:
-                run_clean(args, model)
+            run_clean(args, model)
             for attack in args.attacks:
                 run_attack(args, model, attack)
                 run_purify(args, model, attack)

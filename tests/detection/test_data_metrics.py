@@ -134,7 +134,7 @@ def test_map_perfect_shifted_and_empty():
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([1])},
                {"boxes": torch.tensor([[0.0, 0.0, 20.0, 30.0]]), "labels": torch.tensor([2])}]
     perfect = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.tensor([0.9])} for t in targets]
-    assert mean_average_precision(perfect, targets) == {"map": 1.0, "map_coco": 1.0}
+    assert mean_average_precision(perfect, targets) == pytest.approx({"map": 1.0, "map_coco": 1.0})
     # shifted by 6 px: IoU ≈ 0.6 on the first box -> counts at 0.5 but not at stricter IoUs
     shifted = [{**perfect[0], "boxes": torch.tensor([[16.0, 10.0, 56.0, 50.0]])}, perfect[1]]
     result = mean_average_precision(shifted, targets)

@@ -8,7 +8,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from nft.core import MaskConfig, MaskedModel, inject_masks
 from nft.core.testing import MaskingContract, assert_outputs_close
-from nft.detection import build_detector, default_mask_config
+from nft.detection import build_detector, default_mask_config, freeze_batchnorm
 from nft.detection.mmdet_adapter import mmdet_available
 
 from .helpers import toy_targets
@@ -25,17 +25,40 @@ def _targets(size):
     return toy_targets(size)
 
 
+def _calibrated(model, size, frozen=False):
+    """Give a random detector realistic BatchNorm statistics (one batch), optionally freeze them
+    into FrozenBatchNorm2d, and stop later train-mode calls from moving them (momentum 0).
+    Without this, a random detector's eval activations are ~1e-7 and comparisons are vacuous."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = None  # cumulative average: one call sets the batch statistics
+    model.train()
+    with torch.no_grad():
+        batch, _ = model.transform(_images(size, n=2, seed=9))
+        model.backbone(batch.tensors)
+        if hasattr(model, "head"):
+            model.head(list(model.backbone(batch.tensors).values()))
+    for m in norms:
+        m.momentum = 0.0
+    if frozen:
+        freeze_batchnorm(model.backbone)
+    return model.eval()
+
+
 class TestSSDLiteContract(MaskingContract):
     """The core's full conformance suite on the default detector."""
 
+    atol = 1e-7
+
     def make_model(self):
-        return build_detector("ssdlite", NUM_CLASSES, size=64, width=0.5)
+        return _calibrated(build_detector("ssdlite", NUM_CLASSES, size=64, width=0.5), 64)
 
     def make_inputs(self):
         return _images(64)
 
     def run(self, model, inputs):
-        if model.training:
+        # a fresh MaskedModel wrapper is in training mode; the detector's own mode decides
+        if (model.model if isinstance(model, MaskedModel) else model).training:
             return model(inputs, _targets(64))
         return _raw(model, inputs)
 
@@ -68,7 +91,7 @@ def _perturb(masked, seed=1):
 
 FAMILIES = [
     # name, build options, input size
-    ("ssd300-vgg16", {"size": 258}, 258),
+    ("ssd300-vgg16", {"size": 268}, 268),
     ("fasterrcnn-mobilenet", {"size": 96, "frozen_bn": True}, 96),
     ("fasterrcnn-r50", {"size": 64, "frozen_bn": True}, 64),
     ("retinanet", {"size": 64}, 64),
@@ -79,7 +102,9 @@ FAMILIES = [
 @pytest.mark.parametrize("name,options,size", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_merge_equivalence(name, options, size):
     torch.manual_seed(0)
-    model = build_detector(name, NUM_CLASSES, **options).eval()
+    options = dict(options)
+    frozen = options.pop("frozen_bn", False)
+    model = _calibrated(build_detector(name, NUM_CLASSES, **options), size, frozen=frozen)
     klass, keys = type(model), list(model.state_dict())
     images, targets = _images(size, n=1), _targets(size)[:1]
     reference = copy.deepcopy(model)
@@ -89,6 +114,7 @@ def test_merge_equivalence(name, options, size):
     with torch.no_grad():
         expected = _raw(masked, images)
         masked.train()
+        torch.manual_seed(1)  # two-stage detectors sample proposals at random
         expected_loss = masked(images, targets)
         masked.eval()
     merged = masked.merge_and_unload()
@@ -97,13 +123,14 @@ def test_merge_equivalence(name, options, size):
     with torch.no_grad():
         assert_outputs_close(_raw(merged, images), expected, atol=1e-5)
         merged.train()
+        torch.manual_seed(1)
         assert_outputs_close(merged(images, targets), expected_loss, atol=1e-5)
         merged.eval()
         # the masks really changed the model (so the equalities above are not vacuous)
         before = _raw(reference.eval(), images)
-    with pytest.raises(AssertionError):
-        assert_outputs_close(before, expected, atol=1e-5)
-    if options.get("frozen_bn"):
+    assert any(float((before[k] - expected[k]).abs().max()) > 1e-2 * float(expected[k].abs().max())
+               for k in expected)
+    if frozen:
         frozen = [n for n, m in merged.named_modules() if isinstance(m, FrozenBatchNorm2d)]
         assert frozen and set(frozen) <= set(masked.masks), "a FrozenBatchNorm2d was not masked"
         # γ is a buffer and stays one after merging
@@ -112,7 +139,7 @@ def test_merge_equivalence(name, options, size):
 
 
 def test_ssd300_masks_its_l2norm_scale():
-    model = build_detector("ssd300-vgg16", NUM_CLASSES, size=258)
+    model = build_detector("ssd300-vgg16", NUM_CLASSES, size=268)
     masked = inject_masks(model, default_mask_config("ssd300-vgg16"))
     assert "backbone" in masked.masks and masked.masks["backbone"].shape == (512,)
     assert any(name.startswith("head.") for name in masked.masks)  # heads carry conv masks
@@ -131,8 +158,8 @@ def test_unknown_detector_is_rejected():
 
     with pytest.raises(ConfigError, match="unknown torchvision detector"):
         build_detector("yolo-v99", NUM_CLASSES)
-    with pytest.raises(ConfigError, match="258"):
-        build_detector("ssd300-vgg16", NUM_CLASSES, size=128)
+    with pytest.raises(ConfigError, match="268"):
+        build_detector("ssd300-vgg16", NUM_CLASSES, size=200)
 
 
 @pytest.mark.skipif(not mmdet_available(), reason="mmdet with compiled mmcv is not installed "

@@ -152,7 +152,7 @@ def _victim_mask(labels: torch.Tensor, source: Sequence[int] | None, target: int
 
 
 class _PatchAttack(DetectionAttack):
-    def __init__(self, *, patch_size: int = 8, cell: int = 2, **kwargs) -> None:
+    def __init__(self, *, patch_size: int = 6, cell: int = 2, **kwargs) -> None:
         super().__init__(**kwargs)
         if patch_size < 2:
             raise ConfigError(f"patch_size must be ≥ 2 pixels, got {patch_size}")
@@ -269,7 +269,7 @@ class BadDetOGA(_PatchAttack):
     name = "baddet-oga"
     has_ra = False
 
-    def __init__(self, *, bbox_size: int = 24, **kwargs) -> None:
+    def __init__(self, *, bbox_size: int = 20, **kwargs) -> None:
         super().__init__(**kwargs)
         if bbox_size < self.patch_size:
             raise ConfigError(f"bbox_size {bbox_size} must be at least the patch size {self.patch_size}")

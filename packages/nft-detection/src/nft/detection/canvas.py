@@ -104,8 +104,8 @@ class CanvasDetection(Dataset):
     num_classes = len(CLASSES)
     classes = CLASSES
 
-    def __init__(self, n: int, *, split: str = "train", size: int = 96, objects: tuple[int, int] = (2, 4),
-                 item_size: tuple[int, int] = (22, 34), stray: float = 0.25, noise: float = 0.04,
+    def __init__(self, n: int, *, split: str = "train", size: int = 64, objects: tuple[int, int] = (2, 4),
+                 item_size: tuple[int, int] = (16, 24), stray: float = 0.25, noise: float = 0.04,
                  seed: int = 0, root: str | Path | None = None) -> None:
         if n < 1:
             raise DataError(f"a canvas dataset needs n ≥ 1 images, got {n}")

@@ -53,7 +53,7 @@ _ATTACK_OPTIONS = {
 }
 
 
-CANVAS_TRAIN, CANVAS_TEST = 2000, 400
+CANVAS_TRAIN, CANVAS_TEST = 1500, 300
 """Canvas images made for training (besides the holdout) and for testing when no limit is given."""
 
 
@@ -99,7 +99,7 @@ class DetectionModality(Modality):
                    "with clean-image and BadDet backdoors; metric mAP@0.5")
     primary_metric = "map"
     defaults = {"dataset": "canvas", "model": "ssdlite", "attack": "clean-image", "epochs": 30,
-                "batch_size": 16, "lr": 0.05, "holdout": 400}
+                "batch_size": 16, "lr": 0.05, "holdout": 300}
 
     def __init__(self) -> None:
         super().__init__()
@@ -116,7 +116,7 @@ class DetectionModality(Modality):
     # ---- pieces of a run -----------------------------------------------------------------
     def _input_size(self, spec: AttackSpec) -> int:
         if spec.model == "mmdet":
-            return int(spec.model_args.get("size", 96))
+            return int(spec.model_args.get("size", 64))
         return int(spec.model_args.get("size") or DETECTORS[spec.model][1])
 
     def _data(self, spec: AttackSpec):
@@ -163,16 +163,23 @@ class DetectionModality(Modality):
         klass = self.attacks.get(spec.attack)
         return klass(target=spec.target + 1, num_classes=num_classes, seed=spec.seed, **args)
 
-    def build_model(self, spec: AttackSpec, num_classes: int) -> nn.Module:
+    def build_model(self, spec: AttackSpec, num_classes: int, *, initialise: bool = True) -> nn.Module:
+        """The spec's detector; ``model_args["init"]`` (a ``.safetensors`` state dict, e.g. a
+        clean detector) is loaded as the starting point when ``initialise``."""
         options = dict(spec.model_args)
+        init = options.pop("init", None)
         if spec.model == "mmdet":
             from .mmdet_adapter import build_mmdet_detector
 
-            return build_mmdet_detector(num_classes=num_classes, **options)
-        options.setdefault("size", self._input_size(spec))
-        if spec.model == "ssdlite":
-            options.setdefault("width", 0.5)
-        return build_detector(spec.model, num_classes, **options)
+            model = build_mmdet_detector(num_classes=num_classes, **options)
+        else:
+            options.setdefault("size", self._input_size(spec))
+            if spec.model == "ssdlite":
+                options.setdefault("width", 0.5)
+            model = build_detector(spec.model, num_classes, **options)
+        if init and initialise:
+            load_model_weights(model, Path(init))
+        return model
 
     def _prepare(self, spec: AttackSpec):
         self._check(spec)
@@ -214,7 +221,8 @@ class DetectionModality(Modality):
         config = read_json(Path(run_dir) / "config.json")
         spec = AttackSpec.from_dict(config["spec"])
         train, pool, test, attack, _, num_classes = self._prepare(spec)
-        model = load_model_weights(self.build_model(spec, num_classes), Path(run_dir) / "model.safetensors")
+        model = load_model_weights(self.build_model(spec, num_classes, initialise=False),
+                                   Path(run_dir) / "model.safetensors")
         evaluate = self._evaluator(test, attack, spec)
         if device is not None:
             model.to(device)

@@ -100,9 +100,9 @@ def _ssdlite(num_classes: int, size: int, width: float = 1.0, **_: object) -> nn
 def _ssd300(num_classes: int, size: int, **_: object) -> nn.Module:
     from torchvision.models.detection import ssd300_vgg16
 
-    if size < 258:
-        raise ConfigError(f"SSD300-VGG16 needs inputs of at least 258 px (its last layers are "
-                          f"unpadded 3×3 convolutions), got size={size}; use size ≥ 258")
+    if size < 268:
+        raise ConfigError(f"SSD300-VGG16 needs inputs of at least 268 px (its last two layers are "
+                          f"unpadded 3×3 convolutions), got size={size}; use size ≥ 268")
     model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes + 1,
                          detections_per_img=100)
     return set_input_size(model, size)
@@ -142,7 +142,7 @@ def _fcos(num_classes: int, size: int, **_: object) -> nn.Module:
 
 # name -> (builder, default input size, default mask kinds)
 DETECTORS: dict[str, tuple[Callable[..., nn.Module], int, tuple[str, ...]]] = {
-    "ssdlite": (_ssdlite, 96, ("norm",)),
+    "ssdlite": (_ssdlite, 64, ("norm",)),
     # SSD300-VGG16's only normalisation is one L2Norm, so the conv output channels carry masks too.
     "ssd300-vgg16": (_ssd300, 300, ("norm", "conv")),
     "fasterrcnn-mobilenet": (_faster_mobilenet, 128, ("norm",)),

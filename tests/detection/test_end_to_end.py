@@ -1,0 +1,73 @@
+"""A backdoor takes hold in a small detector, and NFT from a small clean set removes it; the CLI
+runs `nft attack` -> `nft purify` -> `nft evaluate` on the detection modality."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from nft.core import PurifyConfig, TrainConfig, purify, train_model
+from nft.core.cli import main
+from nft.detection import (
+    BadDetGMA,
+    CanvasDetection,
+    DetectionMixUp,
+    DetectionTask,
+    PoisonedDetection,
+    TriggeredDetection,
+    build_detector,
+    detection_collate,
+    evaluate_detection,
+)
+
+SIZE, OBJECTS, ITEMS = 48, (1, 2), (14, 20)
+
+
+@pytest.mark.slow
+def test_backdoor_takes_hold_and_nft_removes_it():
+    data = CanvasDetection(360, size=SIZE, objects=OBJECTS, item_size=ITEMS, seed=1)
+    test = CanvasDetection(100, split="test", size=SIZE, objects=OBJECTS, item_size=ITEMS, seed=1)
+    train, clean = Subset(data, range(300)), Subset(data, range(300, 360))
+    attack = BadDetGMA(target=1, num_classes=10, patch_size=8, score_thresh=0.3)
+    chosen = attack.choose([data.annotations(i) for i in range(300)], 0.3, seed=0)
+    triggered = TriggeredDetection(test, attack)
+    torch.manual_seed(0)
+    model = build_detector("ssdlite", 10, size=SIZE, width=0.25)
+    train_model(model, PoisonedDetection(train, chosen, attack),
+                TrainConfig(epochs=12, batch_size=16, lr=0.05, progress=False),
+                task=DetectionTask(), collate_fn=detection_collate)
+    before = evaluate_detection(model, test, triggered, attack)
+    assert before["asr"] >= 0.8, before
+    assert before["map"] >= 0.3, before
+    result = purify(model, clean, PurifyConfig(steps=60, batch_size=16, lr=0.1, rounds=4, progress=False),
+                    task=DetectionTask(), augmentation=DetectionMixUp(), collate_fn=detection_collate)
+    after = evaluate_detection(result.model, test, triggered, attack)
+    assert type(result.model) is type(model) and result.masks
+    assert after["asr"] <= 0.2, (before, after)
+    assert after["map"] >= before["map"] - 0.1, (before, after)
+
+
+@pytest.mark.integration
+def test_cli_attack_purify_evaluate(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "nft"
+    assert main(["attack", "--modality", "detection", "--attack", "baddet-gma", "--epochs", "1",
+                 "--train-limit", "40", "--holdout", "30", "--test-limit", "16", "--batch-size", "8",
+                 "--no-progress", "--out", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert {"map", "map_coco", "asr", "ra"} <= set(report)
+    assert json.loads((run / "attack.json").read_text())["attack"] == "baddet-gma"
+    assert main(["purify", "--run", str(run), "--out", str(out), "--steps", "2", "--clean-count", "8",
+                 "--set", "batch_size=4", "--no-progress", "--no-plots"]) == 0
+    purified = json.loads((out / "report.json").read_text())
+    assert set(purified["before"]) == set(report) - {"seconds", "attack", "model", "dataset"}
+    assert 0 <= purified["after"]["map"] <= 1 and 0 <= purified["after"]["asr"] <= 1
+    assert (out / "masks.safetensors").is_file()
+    assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text()) == pytest.approx(purified["after"])
+
+
+def test_cli_rejects_all_to_all(tmp_path, capsys):
+    code = main(["attack", "--modality", "detection", "--mode", "all-to-all", "--out", str(tmp_path / "r")])
+    assert code == 2 and "all-to-one" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
