@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from nft.core import AttackSpec, load_tensors
 from nft.core.cli import main
@@ -75,3 +76,16 @@ def test_bad_options_fail_before_writing(tmp_path, capsys):
     code = main(["attack", "--modality", "vision", "--dataset", "cifar10", "--out", str(out),
                  "--no-progress"])
     assert code == 2 and "--data-root" in capsys.readouterr().err
+
+
+def test_input_space_bounds_normalised_pixels():
+    vrun = modality.prepare(AttackSpec(dataset="digits", model="small-cnn"))
+    space = vrun.input_space()
+    raw = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 8, 8)
+    normalised = vrun.data.normalise(raw)
+    assert torch.allclose(normalised[0], space.lower.expand(1, 8, 8))
+    assert torch.allclose(normalised[1], space.upper.expand(1, 8, 8))
+    # one raw-pixel unit of budget is 1/std model-input units
+    assert torch.allclose(space.scale, torch.tensor(1 / vrun.data.std[0]).view(1, 1, 1))
+    too_far = normalised + 10 * space.scale
+    assert torch.allclose(space.clamp(too_far)[0], space.upper.expand(1, 8, 8))
