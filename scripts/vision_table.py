@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="purification option for every row (as `nft purify --set`)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild table.md from the run folders already in --out")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -72,14 +74,22 @@ def main(argv=None) -> int:
     unknown = [r for r in chosen if r not in rows]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; rows are {list(rows)}")
-    if "clean" not in chosen and "clean" in rows:
-        chosen = ["clean", *chosen]  # the clean reference the criteria compare against
     out = Path(args.out)
     results = {}
+    clean_report = out / "clean" / "report.json"
+    if "clean" not in chosen and clean_report.is_file():  # the reference the criteria compare against
+        results["clean"] = {"attack": json.loads(clean_report.read_text())}
     for name in chosen:
         row = {**common, **rows[name]}
         run_dir, purified = out / name, out / name / "nft"
         start = time.perf_counter()
+        if args.report_only:
+            if (run_dir / "report.json").is_file():
+                entry = {"attack": json.loads((run_dir / "report.json").read_text()), "spec": row}
+                if (purified / "report.json").is_file():
+                    entry["purify"] = json.loads((purified / "report.json").read_text())
+                results[name] = entry
+            continue
         if args.retrain or not (run_dir / "report.json").is_file():
             print(f"== {name}: nft attack", flush=True)
             if nft(attack_argv(row, run_dir, not args.no_progress)) != 0:
@@ -100,6 +110,7 @@ def main(argv=None) -> int:
         entry["wall_seconds"] = time.perf_counter() - start
         results[name] = entry
         (out / "table.json").write_text(json.dumps(results, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
     table = render(results)
     (out / "table.md").write_text(table + "\n")
     print("\n" + table)

@@ -241,6 +241,9 @@ class VisionModality(Modality):
             device=spec.device, progress=spec.progress))
         model.cpu()
         run.save_model(model)
+        # The CLI writes the same config.json after this; writing it here too makes a folder made
+        # through the Python API loadable by `load_experiment` / `nft purify` as well.
+        run.write_json("config.json", {"kind": "attack", "modality": self.name, "spec": spec.to_dict()})
         run.write_json("model.json", vrun.model_spec.to_dict())
         state = vrun.attack.state_dict()
         if state:
