@@ -10,7 +10,7 @@ The ``modality`` object is what ``nft attack --modality pointcloud`` uses (entry
 """
 
 from .attacks import IRBA, PCBA, PointBAI, PointBAO, PointTrigger, rotation_matrix
-from .augment import PointMixup, PointWiseMixUp, RSMix, optimal_assignment
+from .augment import POINT_MIXES, PointMix, PointMixup, PointWiseMixUp, RSMix, optimal_assignment
 from .data import (
     MODELNET10_CLASSES,
     SHAPE_CLASSES,
@@ -37,6 +37,8 @@ __all__ = [
     "ModelNetHDF5",
     "ModelNetOFF",
     "PCBA",
+    "POINT_MIXES",
+    "PointMix",
     "PointBAI",
     "PointBAO",
     "PointCloudDataset",

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from nft.core import ConfigError, Mixed, MixUp
 from nft.core.augment import permute_batch
 
-__all__ = ["POINT_AUGMENTATIONS", "PointMixup", "PointWiseMixUp", "RSMix", "optimal_assignment"]
+__all__ = ["POINT_AUGMENTATIONS", "POINT_MIXES", "PointMix", "PointMixup", "PointWiseMixUp", "RSMix", "optimal_assignment"]
 
 
 def _check_batch(inputs, who: str) -> None:
@@ -135,4 +135,30 @@ class PointWiseMixUp(MixUp):
         return f"PointWiseMixUp(alpha={self.alpha})"
 
 
-POINT_AUGMENTATIONS = {"pointmixup": PointMixup, "rsmix": RSMix, "mixup": PointWiseMixUp}
+class PointMix(_PointMix):
+    """Per batch, PointMixup or RSMix with probability ``p_rsmix`` (the modality's NFT default).
+
+    The two are complementary: PointMixup moves every point a little (shape interpolation),
+    RSMix moves some points a lot (a foreign part at a new place). Inserted-point and
+    deformation triggers each resemble one of the two.
+    """
+
+    name = "pointmix"
+
+    def __init__(self, p_rsmix: float = 0.5, alpha: float = 0.4, beta: float = 1.0) -> None:
+        if not 0 <= p_rsmix <= 1:
+            raise ConfigError(f"PointMix p_rsmix must be in [0, 1], got {p_rsmix}")
+        self.p_rsmix = float(p_rsmix)
+        self.pointmixup, self.rsmix = PointMixup(alpha), RSMix(beta)
+
+    def __call__(self, inputs, targets, *, rng: np.random.Generator, generator: torch.Generator) -> Mixed:
+        use_rsmix = float(rng.random()) < self.p_rsmix
+        chosen = self.rsmix if use_rsmix else self.pointmixup
+        return chosen(inputs, targets, rng=rng, generator=generator)
+
+    def __repr__(self) -> str:
+        return f"PointMix(p_rsmix={self.p_rsmix}, alpha={self.pointmixup.alpha}, beta={self.rsmix.beta})"
+
+
+POINT_AUGMENTATIONS = {"pointmixup": PointMixup, "rsmix": RSMix, "mixup": PointWiseMixUp, "pointmix": PointMix}
+POINT_MIXES = POINT_AUGMENTATIONS
