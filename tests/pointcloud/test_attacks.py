@@ -73,7 +73,8 @@ def test_pcba_search_raises_the_target_posterior():
 
 @pytest.mark.parametrize("attack", ["pointba-i", "pointba-o", "pcba", "irba"])
 def test_each_attack_plants_a_backdoor(attack, tmp_path):
-    args = {"pcba": {"restarts": 2, "steps": 80, "target_posterior": 0.3, "convergence": 30}}.get(attack, {})
+    args = {"pcba": {"restarts": 2, "steps": 80, "target_posterior": 0.3, "convergence": 30,
+                     "surrogate_epochs": 6, "attacker_samples": 200}}.get(attack, {})
     spec = modality.resolve(AttackSpec(
         attack=attack, model="pointnet", epochs=12, train_limit=500, holdout=50, test_limit=200,
         poison_rate=0.1, progress=False, attack_args=args, model_args={"width": 8, "num_points": N}))

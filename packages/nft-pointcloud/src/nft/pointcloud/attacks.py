@@ -246,11 +246,16 @@ class PCBA(_Cluster):
     name = "pcba"
 
     def __init__(self, num_points: int, points: int = 32, radius: float | None = None,
-                 center: tuple[float, float, float] | None = None, seed: int = 2, **search) -> None:
+                 center: tuple[float, float, float] | None = None, seed: int = 2,
+                 surrogate_epochs: int = 15, attacker_samples: int = 600, **search) -> None:
         count = min(points, max(4, num_points // 8))
+        self.surrogate_epochs, self.attacker_samples = int(surrogate_epochs), int(attacker_samples)
         super().__init__(num_points, count, radius or 0.05, center if center is not None else (0.0, 0.0, 1.2), seed)
         self._radius_given = radius is not None
-        self.search = PCBASearch(**search)
+        try:
+            self.search = PCBASearch(**search)
+        except TypeError as err:
+            raise ConfigError(f"pcba does not take {sorted(search)}: {err}") from None
 
     @staticmethod
     def _knn_spacing(points: Tensor, k: int = 4) -> Tensor:

@@ -44,7 +44,7 @@ from nft.core import (
 from nft.core.io import read_json
 
 from .attacks import IRBA, PCBA, PointBAI, PointBAO, PointTrigger
-from .augment import POINT_AUGMENTATIONS, PointMixup
+from .augment import POINT_AUGMENTATIONS, PointMix
 from .data import PointCloudDataset, Shapes, load_modelnet
 from .metrics import evaluate_pointcloud
 from .models import DGCNN, PointNet, PointNet2, check_points
@@ -188,22 +188,22 @@ class PointCloudModality(Modality):
         labels = test.targets[keep]
         return TripletDataset(points, labels, torch.tensor([target_of(int(y)) for y in labels], dtype=torch.long))
 
-    def _attacker_data(self, spec: AttackSpec, train: PointCloudDataset, train_idx: np.ndarray):
+    def _attacker_data(self, spec: AttackSpec, train: PointCloudDataset, train_idx: np.ndarray, count: int):
         """PCBA's attacker owns a small independent set (the reference: 1,000 training clouds)."""
         if spec.dataset == "shapes":
-            own = Shapes(600, num_points=train.num_points, seed=spec.seed + 20_000)
+            own = Shapes(count, num_points=train.num_points, seed=spec.seed + 20_000)
             return own.points, own.targets
-        idx = train_idx[:1000]
+        idx = train_idx[:count]
         return train.points[idx], train.targets[idx]
 
     def _prepare_trigger(self, spec: AttackSpec, trigger: PointTrigger, train, train_idx) -> None:
         if not isinstance(trigger, PCBA):
             return
-        clouds, labels = self._attacker_data(spec, train, train_idx)
+        clouds, labels = self._attacker_data(spec, train, train_idx, trigger.attacker_samples)
         surrogate = PointNet(num_classes=len(train.classes), width=16)
         torch.manual_seed(spec.seed + 5)
         train_model(surrogate, PointCloudDataset(clouds, labels, train.classes), TrainConfig(
-            epochs=15, batch_size=32, lr=0.05, seed=spec.seed + 5, device=spec.device, progress=spec.progress))
+            epochs=trigger.surrogate_epochs, batch_size=32, lr=0.05, seed=spec.seed + 5, device=spec.device, progress=spec.progress))
         trigger.prepare(surrogate, clouds, labels, spec.target, seed=spec.seed)
 
     # ---- the contract --------------------------------------------------------------------
@@ -249,7 +249,7 @@ class PointCloudModality(Modality):
             defender_pool=Subset(train, pool_idx.tolist()),
             pool_labels=train.targets.numpy()[pool_idx],
             evaluate=lambda m: evaluate_pointcloud(m, test, triggered, device=device),
-            augmentation=PointMixup(),
+            augmentation=PointMix(),
             mask_config=DEFAULT_MASKS,
             input_space=InputSpace(shape=(train.num_points, 3), lower=-1.0, upper=1.0),
             primary_metric="acc",

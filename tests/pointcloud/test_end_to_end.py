@@ -1,0 +1,45 @@
+"""``nft attack --modality pointcloud`` then ``nft purify``: the backdoor takes hold and NFT removes it."""
+
+import json
+
+import pytest
+
+from nft.core import AttackSpec, ConfigError, RunFolder
+from nft.core.cli import main
+from nft.pointcloud import modality
+
+SMALL = ["--train-limit", "500", "--holdout", "60", "--test-limit", "200", "--epochs", "12",
+         "--model-arg", "width=8", "--model-arg", "num_points=64", "--no-progress"]
+
+
+def test_attack_then_nft_removes_the_backdoor(tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "purified"
+    assert main(["attack", "--modality", "pointcloud", "--out", str(run), *SMALL]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["attack"] == "pointba-i" and report["model"] == "pointnet"
+    assert report["asr"] >= 0.9 and report["acc"] >= 0.85, report
+    assert (run / "trigger.json").is_file()
+    assert main(["purify", "--run", str(run), "--out", str(out), "--clean-per-class", "5",
+                 "--steps", "150", "--set", "batch_size=32", "--no-progress", "--no-plots"]) == 0
+    result = json.loads((out / "report.json").read_text())
+    before, after = result["before"], result["after"]
+    assert result["clean_samples"] == 50
+    assert after["asr"] <= 0.15, result
+    assert before["acc"] - after["acc"] <= 0.08, result
+    assert set(after) == {"acc", "macc", "asr", "ra"}
+    assert main(["evaluate", "--run", str(out)]) == 0
+    assert "ASR" in capsys.readouterr().out
+
+
+def test_bad_specs_fail_before_training(tmp_path):
+    for spec, match in [
+        (AttackSpec(attack="badnets"), "unknown attack"),
+        (AttackSpec(target=12, train_limit=50, holdout=10, test_limit=20), "out of range"),
+        (AttackSpec(dataset="modelnet40"), "--data-root"),
+        (AttackSpec(attack="pointba-i", attack_args={"size": 3}, train_limit=50, holdout=10, test_limit=20),
+         "attack_args"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            with RunFolder(tmp_path / "x", overwrite=True) as run:
+                modality.train_backdoor(modality.resolve(spec.replace(progress=False)), run)
+        assert not (tmp_path / "x").exists()
