@@ -1,0 +1,202 @@
+"""MixUp for text, in embedding space, through forward hooks that live only while purifying.
+
+Token ids cannot be averaged, so text is mixed where it becomes continuous: the output of the
+word-embedding layers. With λ ~ Beta(α, α) and a batch permutation π,
+
+    e(x̃) = λ·e(x) + (1 − λ)·e(x[π]),   loss = λ·L(y) + (1 − λ)·L(y[π]),
+
+the NFT reference's MixUp, moved to the embeddings as Mixup-Transformer does for text (Sun et
+al., COLING 2020, the reference README's pointer for language generation). For encoder-decoder
+models the decoder's (teacher-forced) target embeddings are mixed with the same λ and π, so the
+decoder sees a mixture of the two targets it is scored against — SeqMix's recipe (Guo, Kim and
+Rush, EMNLP 2020). Attention masks are the union of the two inputs' masks.
+
+The augmentation cannot reach inside the model, so it works in two halves:
+
+* ``__call__`` draws λ and π and returns the batch with a ``nft_mix`` entry describing them;
+* ``hooks(model)`` is a context manager that installs a forward pre-hook on ``model`` (it takes
+  ``nft_mix`` out of the call's keyword arguments and arms the mixing for that one call) and a
+  forward hook on each word-embedding module (it mixes the embeddings while armed). Leaving the
+  context removes every hook, so the purified model is a plain model again.
+
+A batch carrying ``nft_mix`` that reaches a model without the hooks (a defense that does not
+install them) gets them for that call only (see :mod:`nft.nlp.tasks`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from nft.core import ConfigError, Mixed
+from nft.core.augment import permute_batch
+
+__all__ = ["MIX_KEY", "EmbeddingMixUp", "embedding_mix_hooks", "mixing_active", "word_embeddings"]
+
+MIX_KEY = "nft_mix"
+_MASK_KEYS = ("attention_mask", "decoder_attention_mask")
+_ACTIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@dataclass(frozen=True, eq=False)
+class MixSpec:
+    """One batch's mixing: weight ``lam`` of the batch itself, ``1 − lam`` of ``batch[order]``."""
+
+    lam: float
+    order: torch.Tensor
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, MixSpec) and self.lam == other.lam
+                and torch.equal(self.order.cpu(), other.order.cpu()))
+
+    __hash__ = None  # mutable tensor inside: not hashable
+
+    def apply(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.shape[0] != self.order.shape[0]:
+            raise ConfigError(
+                f"embedding MixUp was armed for a batch of {self.order.shape[0]} but the embedding "
+                f"layer saw {hidden.shape[0]} rows; mix only full batches"
+            )
+        return self.lam * hidden + (1.0 - self.lam) * hidden[self.order.to(hidden.device)]
+
+
+def word_embeddings(model: nn.Module, names: Sequence[str] = ()) -> list[nn.Module]:
+    """The modules whose outputs are mixed.
+
+    By default the token-embedding tables: ``nn.Embedding`` modules with one row per vocabulary
+    entry (positional and token-type tables are left alone; they are the same for both inputs of
+    a mixed pair). ``names`` picks modules by dotted name instead (any module returning a
+    ``(batch, length, width)`` tensor: mixing in a hidden layer).
+    """
+    from .models import unwrap
+
+    inner = unwrap(model)
+    named = dict(inner.named_modules())
+    if names:
+        missing = [n for n in names if n not in named]
+        if missing:
+            raise ConfigError(f"EmbeddingMixUp modules {missing} are not in {type(inner).__name__}")
+        return [named[n] for n in names]
+    if hasattr(inner, "nft_word_embeddings"):
+        return list(inner.nft_word_embeddings())
+    stacks = []
+    for getter in ("get_encoder", "get_decoder"):
+        try:
+            stacks.append(getattr(inner, getter)())
+        except (AttributeError, NotImplementedError, TypeError):
+            pass
+    tables = [getattr(s, "embed_tokens", None) for s in stacks]
+    if tables and all(isinstance(t, nn.Embedding) for t in tables):
+        # encoder-decoder: the two stacks' own tables (a shared table not called is left alone)
+        out: list[nn.Module] = []
+        for table in tables:
+            if all(table is not seen for seen in out):
+                out.append(table)
+        return out
+    config = getattr(inner, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    tables = [m for m in inner.modules() if isinstance(m, nn.Embedding)]
+    if vocab is None and tables:
+        vocab = max(m.num_embeddings for m in tables)
+    found = [m for m in tables if m.num_embeddings == vocab]
+    if not found:
+        raise ConfigError(
+            f"found no token-embedding table in {type(inner).__name__}; pass "
+            "EmbeddingMixUp(modules=[...]) with the names of the modules to mix"
+        )
+    return found
+
+
+def mixing_active(model: nn.Module) -> bool:
+    """True inside ``hooks(model)``: mixed batches given to ``model`` are mixed."""
+    return model in _ACTIVE
+
+
+@contextmanager
+def embedding_mix_hooks(model: nn.Module, names: Sequence[str] = ()) -> Iterator[None]:
+    """Install the mixing hooks on ``model`` for the ``with`` block; remove them after, always."""
+    if model in _ACTIVE:
+        raise ConfigError("embedding MixUp hooks are already installed on this model")
+    state: dict[str, MixSpec | None] = {"mix": None}
+
+    def arm(module, args, kwargs):
+        mix = kwargs.pop(MIX_KEY, None)
+        state["mix"] = mix
+        return args, kwargs
+
+    def disarm(module, args, kwargs, output):
+        state["mix"] = None
+
+    def mix_output(module, args, output):
+        mix = state["mix"]
+        if mix is None or not isinstance(output, torch.Tensor):
+            return None
+        return mix.apply(output)
+
+    handles = [model.register_forward_pre_hook(arm, with_kwargs=True),
+               model.register_forward_hook(disarm, with_kwargs=True, always_call=True)]
+    handles += [m.register_forward_hook(mix_output) for m in word_embeddings(model, names)]
+    _ACTIVE.add(model)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        _ACTIVE.discard(model)
+
+
+class EmbeddingMixUp:
+    """MixUp of text batches in embedding space (see the module docstring).
+
+    Args:
+        alpha: λ ~ Beta(alpha, alpha); the NFT reference code uses 1.
+        modules: dotted names of the modules whose outputs are mixed; empty = the token-embedding
+            tables (``word_embeddings``).
+    """
+
+    name = "embedding-mixup"
+
+    def __init__(self, alpha: float = 1.0, modules: Sequence[str] = ()) -> None:
+        if not alpha > 0:
+            raise ConfigError(f"EmbeddingMixUp alpha must be positive, got {alpha}")
+        self.alpha = float(alpha)
+        self.modules = tuple(modules)
+
+    def __call__(self, inputs, targets, *, rng: np.random.Generator, generator: torch.Generator) -> Mixed:
+        if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
+            raise ConfigError(
+                "EmbeddingMixUp mixes text batches (a dict with input_ids); got "
+                f"{type(inputs).__name__}. Use the nlp modality's collate function"
+            )
+        lam = float(rng.beta(self.alpha, self.alpha))
+        batch = inputs["input_ids"].shape[0]
+        order = torch.randperm(batch, generator=generator)
+        mixed = {k: v for k, v in inputs.items() if k != MIX_KEY}
+        for key in _MASK_KEYS:
+            if key in mixed and isinstance(mixed[key], torch.Tensor):
+                mixed[key] = torch.maximum(mixed[key], mixed[key][order.to(mixed[key].device)])
+        mixed[MIX_KEY] = MixSpec(lam, order.to(inputs["input_ids"].device))
+        return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)))
+
+    def hooks(self, model: nn.Module):
+        """Context manager: the mixing hooks on ``model``, removed on exit."""
+        return embedding_mix_hooks(model, self.modules)
+
+    def __repr__(self) -> str:
+        extra = f", modules={list(self.modules)}" if self.modules else ""
+        return f"EmbeddingMixUp(alpha={self.alpha}{extra})"
+
+
+def hook_count(model: nn.Module) -> int:
+    """Forward (pre-)hooks on ``model`` and its submodules: 0 for a clean model."""
+    total = 0
+    for module in model.modules():
+        total += len(module._forward_hooks) + len(module._forward_pre_hooks)
+    return total
+

@@ -1,0 +1,169 @@
+"""Embedding-space MixUp: the core's augmentation contract, the mixing itself, and its hooks
+(installed only while purifying, removed afterwards — also when the purification fails)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nft.core import ConfigError, PurifyConfig, purify
+from nft.core.testing import AugmentationContract
+from nft.nlp.augment import MIX_KEY, EmbeddingMixUp, embedding_mix_hooks, hook_count, word_embeddings
+from nft.nlp.models import ModelSize, build_classifier, build_seq2seq, register_text_mask_targets
+from nft.nlp.tasks import ClassificationCollate, Seq2SeqCollate, Seq2SeqTask, TextClassificationTask
+
+register_text_mask_targets()
+VOCAB = 30
+SIZE = ModelSize(d_model=16, layers=1, heads=2, ffn=16, max_positions=32, dropout=0.0)
+
+
+def _classification_batch():
+    g = torch.Generator().manual_seed(0)
+    items = [(torch.randint(4, VOCAB, (int(n),), generator=g), int(y))
+             for n, y in zip([5, 8, 3, 6], [0, 1, 2, 1])]
+    return ClassificationCollate(0)(items)
+
+
+def _seq2seq_batch():
+    g = torch.Generator().manual_seed(1)
+    items = [(torch.randint(4, VOCAB, (int(n),), generator=g), torch.randint(4, VOCAB, (int(m),), generator=g))
+             for n, m in zip([5, 7, 3, 4], [4, 2, 6, 5])]
+    return Seq2SeqCollate(0, 2)(items)
+
+
+class TestEmbeddingMixUpClassification(AugmentationContract):
+    def make_augmentation(self):
+        return EmbeddingMixUp(1.0)
+
+    def make_batch(self):
+        return _classification_batch()
+
+    def make_task(self):
+        return TextClassificationTask()
+
+    def make_model(self):
+        torch.manual_seed(0)
+        return build_classifier("bert", VOCAB, 3, SIZE)
+
+
+class TestEmbeddingMixUpSeq2Seq(AugmentationContract):
+    def make_augmentation(self):
+        return EmbeddingMixUp(0.4)
+
+    def make_batch(self):
+        return _seq2seq_batch()
+
+    def make_task(self):
+        return Seq2SeqTask()
+
+    def make_model(self):
+        torch.manual_seed(0)
+        return build_seq2seq("marian", VOCAB, SIZE)
+
+
+def _mix(inputs, targets, seed=3):
+    return EmbeddingMixUp(1.0)(inputs, targets, rng=np.random.default_rng(seed),
+                               generator=torch.Generator().manual_seed(seed))
+
+
+def _first_layer_inputs(model, layer, inputs, hooked):
+    seen = []
+    grab = layer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append((a[0] if a else kw["hidden_states"]).detach().clone()), with_kwargs=True)
+    try:
+        if hooked:
+            with embedding_mix_hooks(model):
+                model(**inputs)
+        else:
+            model(**{k: v for k, v in inputs.items() if k != MIX_KEY})
+    finally:
+        grab.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("family", ["marian", "t5", "bert"])
+def test_mixing_happens_in_embedding_space(family):
+    """With the hooks, the first layer receives λ·h(x) + (1−λ)·h(x[π]) where h(x) is what it gets
+    unmixed (token embeddings, scaled, plus positions; for BERT the input of the embedding
+    LayerNorm): mixing is linear in the embeddings.
+    For seq2seq models the decoder's first layer is checked too; the attention mask is the union."""
+    torch.manual_seed(0)
+    if family == "bert":
+        model = build_classifier(family, VOCAB, 3, SIZE).eval()
+        inputs, labels = _classification_batch()
+        layers = [model.bert.embeddings.LayerNorm]  # BERT normalises the summed embeddings
+    else:
+        model = build_seq2seq(family, VOCAB, SIZE).eval()
+        inputs, labels = _seq2seq_batch()
+        inner = model.model if family == "marian" else model
+        layers = ([inner.encoder.layers[0], inner.decoder.layers[0]] if family == "marian"
+                  else [inner.encoder.block[0], inner.decoder.block[0]])
+    mixed = _mix(inputs, labels)
+    spec = mixed.inputs[MIX_KEY]
+    lam, order = spec.lam, spec.order
+    assert 0 < lam < 1 and sorted(order.tolist()) == list(range(len(order)))
+    assert torch.equal(mixed.inputs["attention_mask"],
+                       torch.maximum(inputs["attention_mask"], inputs["attention_mask"][order]))
+    assert mixed.targets[0][1] == lam and torch.equal(mixed.targets[1][0], labels[order])
+    assert len(word_embeddings(model)) == (1 if family == "bert" else 2)
+    for layer in layers:
+        plain = _first_layer_inputs(model, layer, mixed.inputs, hooked=False)
+        got = _first_layer_inputs(model, layer, mixed.inputs, hooked=True)
+        assert torch.allclose(got, lam * plain + (1 - lam) * plain[order], atol=1e-5)
+        assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_hooks_are_removed_after_the_context_and_on_error():
+    torch.manual_seed(0)
+    model = build_classifier("bert", VOCAB, 3, SIZE)
+    before = hook_count(model)
+    with embedding_mix_hooks(model):
+        assert hook_count(model) == before + 3  # pre-hook, post-hook, one embedding table
+        with pytest.raises(ConfigError, match="already installed"):
+            with embedding_mix_hooks(model):
+                pass
+    assert hook_count(model) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with embedding_mix_hooks(model):
+            raise RuntimeError("boom")
+    assert hook_count(model) == before
+
+
+def test_mixed_batch_without_hooks_is_still_mixed():
+    """A defense that does not install the augmentation's hooks (vanilla ft-mixup) still gets
+    mixed embeddings: the task installs them for that one call."""
+    torch.manual_seed(0)
+    model = build_classifier("bert", VOCAB, 3, SIZE).eval()
+    inputs, labels = _classification_batch()
+    mixed = _mix(inputs, labels)
+    task = TextClassificationTask()
+    before = hook_count(model)
+    out_task = task.forward(model, dict(mixed.inputs))
+    assert hook_count(model) == before
+    with embedding_mix_hooks(model):
+        out_hooked = model(**mixed.inputs).logits
+    plain = model(**{k: v for k, v in mixed.inputs.items() if k != MIX_KEY}).logits
+    assert torch.allclose(out_task, out_hooked)
+    assert not torch.allclose(out_task, plain)
+
+
+def test_purification_removes_the_hooks():
+    torch.manual_seed(0)
+    model = build_classifier("bert", VOCAB, 3, SIZE)
+    g = torch.Generator().manual_seed(5)
+    clean = [(torch.randint(4, VOCAB, (6,), generator=g), i % 3) for i in range(12)]
+    before = hook_count(model)
+    result = purify(model, clean, PurifyConfig(steps=3, rounds=1, batch_size=4, progress=False),
+                    task=TextClassificationTask(), augmentation=EmbeddingMixUp(),
+                    collate_fn=ClassificationCollate(0))
+    assert hook_count(result.model) == before
+    assert type(result.model) is type(model)
+    assert len(result.masks) == 3  # one-layer BERT: embedding, attention and output LayerNorms
+
+
+def test_wrong_batches_are_refused():
+    with pytest.raises(ConfigError, match="dict with input_ids"):
+        _mix(torch.rand(4, 3), torch.zeros(4))
+    with pytest.raises(ConfigError, match="positive"):
+        EmbeddingMixUp(0.0)
