@@ -63,8 +63,8 @@ def train_clean(model: str, args) -> dict:
         return read_json(path)
     spec = spec_for(model, ATTACKS[0], args)
     train, test, _, train_idx = modality._data(spec)
-    net = build_model(model, len(train.classes), spec.model_args)
     torch.manual_seed(spec.seed)
+    net = build_model(model, len(train.classes), spec.model_args)
     train_model(net, PointCloudDataset(train.points[train_idx], train.targets[train_idx], train.classes),
                 TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
                             progress=False), task=PointCloudTask())

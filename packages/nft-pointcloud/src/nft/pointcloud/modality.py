@@ -120,7 +120,7 @@ def _poison_clouds(points: torch.Tensor, labels: torch.Tensor, indices: np.ndarr
 class PointCloudModality(Modality):
     name = "pointcloud"
     description = "3D point-cloud classification (PointNet / PointNet++ / DGCNN; PointBA, PCBA, IRBA)"
-    defaults = {"dataset": "shapes", "model": "pointnet", "attack": "pointba-i", "epochs": 40,
+    defaults = {"dataset": "shapes", "model": "pointnet", "attack": "pointba-i", "epochs": 20,
                 "batch_size": 32, "lr": 0.05, "holdout": 500}
 
     def __init__(self) -> None:
@@ -213,6 +213,7 @@ class PointCloudModality(Modality):
         classes = len(train.classes)
         target_of = self._target_of(spec, classes)
         trigger = make_trigger(spec.attack, train.num_points, spec.attack_args)
+        torch.manual_seed(spec.seed)  # the initial weights are part of the run's recipe
         model = build_model(spec.model, classes, spec.model_args)  # fail before the slow parts
         self._prepare_trigger(spec, trigger, train, train_idx)
         labels = train.targets[train_idx]
@@ -221,7 +222,6 @@ class PointCloudModality(Modality):
         points, labels = _poison_clouds(train.points[train_idx], labels, local, trigger, target_of)
         poisoned = PointCloudDataset(points, labels, train.classes)
         log.info("poisoned %d of %d training clouds with %s", len(local), len(poisoned), spec.attack)
-        torch.manual_seed(spec.seed)
         train_model(model, poisoned, TrainConfig(
             epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
             device=spec.device, progress=spec.progress), task=PointCloudTask())
