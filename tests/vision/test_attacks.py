@@ -127,8 +127,12 @@ def test_wanet_is_a_small_deterministic_warp():
     smooth = torch.linspace(0, 1, 28).view(1, 1, 1, 28).expand(1, 1, 28, 28).contiguous()
     moved = (a.apply(smooth) - smooth).abs()
     assert 0 < float(moved.max()) < 0.05  # a smooth image moves by well under a pixel's worth
-    idx, extra = a.extra_samples(100, labels_for(100), np.arange(10), lambda i: images(len(i), 9))
+    idx = a.extra_indices(labels_for(100), np.arange(10))
     assert len(idx) == 20 and not set(idx) & set(range(10))  # cross_ratio 2, never a poisoned one
+    batch = a.extra_apply(images(20, 9), idx, None)
+    one = a.extra_apply(images(20, 9)[3:4], idx[3:4], None)
+    assert torch.allclose(batch[3:4], one)  # per-sample noise: batched and lazy agree
+    assert not torch.allclose(batch, a.apply(images(20, 9)))  # the noise mode adds random warps
 
 
 def test_bpp_quantises_with_dithering():
@@ -139,6 +143,14 @@ def test_bpp_quantises_with_dithering():
     assert abs(float(out.mean() - x.mean())) < 0.01  # dithering keeps the mean brightness
     plain = build_attack("bpp", SHAPE, 10, options={"dithering": False}).apply(x)
     assert not torch.equal(out, plain) and len(torch.unique(plain)) <= 8
+    attack = build_attack("bpp", SHAPE, 10)
+    pool = images(50, 4)
+    idx = attack.extra_indices(labels_for(50), np.arange(5))
+    assert len(idx) == 5 and not set(idx) & set(range(5))  # neg_ratio 0.1 of 50
+    negatives = attack.extra_apply(pool[idx], idx, lambda i: pool[torch.as_tensor(i)])
+    assert not torch.allclose(negatives, pool[idx])
+    assert torch.allclose(negatives[1:2], attack.extra_apply(pool[idx[1:2]], idx[1:2],
+                                                             lambda i: pool[torch.as_tensor(i)]))
     ramp = torch.full((1, 1, 8, 8), 0.3)
     assert torch.allclose(floyd_steinberg(ramp, 2).mean(), torch.tensor(0.3), atol=0.05)
 

@@ -5,7 +5,7 @@ Every attack works on raw images in [0, 1] (N×C×H×W batches) and gives:
 * ``apply(images)``: the test-time trigger (the triggered test set);
 * ``poison(images, labels)``: the poisoned training images for the chosen indices (the trigger,
   plus whatever the attack does to training samples, e.g. CLB's adversarial perturbation);
-* ``extra_samples(...)``: training samples an attack adds with their *true* label (WaNet's noise
+* ``extra_indices`` / ``extra_apply``: training samples an attack changes but keeps their *true* label (WaNet's noise
   mode, BppAttack's contrastive negatives);
 * ``fit(...)``: learning on a clean model, for the attacks that need one (Trojan's trigger, CLB's
   adversarial examples);
@@ -106,10 +106,28 @@ class Attack:
         """The poisoned training images (default: the test-time trigger)."""
         return self.apply(images)
 
-    def extra_samples(self, count_of: int, labels: np.ndarray, poisoned: np.ndarray,
-                      batch: Callable[[np.ndarray], torch.Tensor]) -> tuple[np.ndarray, torch.Tensor]:
-        """Indices of non-poisoned training samples to replace (true label kept), and their images."""
-        return np.zeros(0, dtype=np.int64), torch.zeros(0, *self.shape)
+    def extra_indices(self, labels: np.ndarray, poisoned: np.ndarray) -> np.ndarray:
+        """Non-poisoned training samples the attack also changes, keeping their true label."""
+        return np.zeros(0, dtype=np.int64)
+
+    def extra_apply(self, images: torch.Tensor, indices: np.ndarray,
+                    batch: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+        """The changed images of ``extra_indices``; randomness is drawn per index (from the seed),
+        so a batch and one sample at a time give the same images. ``batch(indices)`` loads other
+        raw training images."""
+        return images
+
+    def _pick_extra(self, labels: np.ndarray, poisoned: np.ndarray, count: int, salt: int) -> np.ndarray:
+        free = np.setdiff1d(np.arange(len(labels)), poisoned)
+        count = min(int(count), len(free))
+        if count <= 0:
+            return np.zeros(0, dtype=np.int64)
+        rng = np.random.default_rng(self.seed + salt)
+        return np.sort(rng.choice(free, size=count, replace=False))
+
+    def _index_generator(self, index: int, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, salt, int(index)])
+                                                 .generate_state(1)[0]))
 
     def fit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             normalise: Callable[[torch.Tensor], torch.Tensor], *, device: torch.device,
@@ -443,18 +461,14 @@ class WaNet(Attack):
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         return self._warp(images, self._grid())
 
-    def extra_samples(self, count_of, labels, poisoned, batch):
-        count = int(round(float(self.opts["cross_ratio"]) * len(poisoned)))
-        free = np.setdiff1d(np.arange(len(labels)), poisoned)
-        count = min(count, len(free))
-        if count == 0:
-            return super().extra_samples(count_of, labels, poisoned, batch)
-        rng = np.random.default_rng(self.seed + 31)
-        chosen = np.sort(rng.choice(free, size=count, replace=False))
-        h = self.shape[1]
-        noise = torch.rand(count, h, self.shape[2], 2, generator=self._generator(4)) * 2 - 1
-        grid = (self._grid() + noise / h).clamp(-1, 1)
-        return chosen, self._warp(batch(chosen), grid)
+    def extra_indices(self, labels, poisoned):
+        return self._pick_extra(labels, poisoned, round(float(self.opts["cross_ratio"]) * len(poisoned)), 31)
+
+    def extra_apply(self, images, indices, batch):
+        _, h, w = self.shape
+        noise = torch.stack([torch.rand(h, w, 2, generator=self._index_generator(i, 4)) * 2 - 1
+                             for i in np.asarray(indices).tolist()]) if len(indices) else torch.zeros(0, h, w, 2)
+        return self._warp(images, (self._grid() + noise / h).clamp(-1, 1))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"noise_grid": self.noise_grid}
@@ -509,18 +523,21 @@ class BppAttack(Attack):
             return floyd_steinberg(images, levels)
         return torch.round(images * (levels - 1)) / (levels - 1)
 
-    def extra_samples(self, count_of, labels, poisoned, batch):
-        count = int(round(float(self.opts["neg_ratio"]) * len(labels)))
-        free = np.setdiff1d(np.arange(len(labels)), poisoned)
-        count = min(count, len(free))
-        if count == 0:
-            return super().extra_samples(count_of, labels, poisoned, batch)
-        rng = np.random.default_rng(self.seed + 37)
-        chosen = np.sort(rng.choice(free, size=count, replace=False))
-        donors = rng.choice(len(labels), size=count, replace=True)
+    def extra_indices(self, labels, poisoned):
+        self._train_size = len(labels)
+        return self._pick_extra(labels, poisoned, round(float(self.opts["neg_ratio"]) * len(labels)), 37)
+
+    def extra_apply(self, images, indices, batch):
+        if len(indices) == 0:
+            return images
+        size = getattr(self, "_train_size", None)
+        if size is None:
+            raise ConfigError("BppAttack.extra_apply needs extra_indices() first (it sets the donor range)")
+        donors = np.asarray([int(torch.randint(0, size, (1,), generator=self._index_generator(i, 5)))
+                             for i in np.asarray(indices).tolist()])
         donor_images = batch(donors)
         residual = self.apply(donor_images) - donor_images
-        return chosen, (batch(chosen) + residual).clamp(0, 1)
+        return (images + residual).clamp(0, 1)
 
 
 ATTACKS: dict[str, type[Attack]] = {

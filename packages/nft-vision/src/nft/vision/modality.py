@@ -214,19 +214,34 @@ class VisionModality(Modality):
             attack.fit(clean, run.raw_train_batch(pick), torch.as_tensor(labels[pick]),
                        run.data.normalise, device=resolve_device(device), progress=progress)
         poison_idx = attack.poison_indices(labels, spec.poison_rate)
+        extra_idx = attack.extra_indices(labels, poison_idx)
+        batch = run.raw_train_batch
         table: dict[int, tuple[torch.Tensor, int]] = {}
-        for start in range(0, len(poison_idx), 512):
-            chunk = poison_idx[start:start + 512]
-            images = attack.poison(run.raw_train_batch(chunk), torch.as_tensor(labels[chunk]))
-            for i, img in zip(chunk.tolist(), images):
-                table[i] = (img, attack.poisoned_label(int(labels[i])))
-        extra_idx, extra_images = attack.extra_samples(len(labels), labels, poison_idx, run.raw_train_batch)
-        for i, img in zip(np.asarray(extra_idx).tolist(), extra_images):
-            table[i] = (img, int(labels[i]))
+        if isinstance(run.data.train, TensorImages):  # small data: change every sample once, batched
+            for start in range(0, len(poison_idx), 512):
+                chunk = poison_idx[start:start + 512]
+                images = attack.poison(batch(chunk), torch.as_tensor(labels[chunk]))
+                for i, img in zip(chunk.tolist(), images):
+                    table[i] = (img, attack.poisoned_label(int(labels[i])))
+            for start in range(0, len(extra_idx), 512):
+                chunk = extra_idx[start:start + 512]
+                for i, img in zip(chunk.tolist(), attack.extra_apply(batch(chunk), chunk, batch)):
+                    table[i] = (img, int(labels[i]))
+            change = lambda x, y, i: table[i]  # noqa: E731
+        else:  # file datasets (ImageNet): change each sample when it is read
+            poisoned, extra = set(poison_idx.tolist()), set(extra_idx.tolist())
+
+            def change(x, y, i):
+                if i in poisoned:
+                    return attack.poison(x[None], torch.tensor([y]))[0], attack.poisoned_label(y)
+                if i in extra:
+                    return attack.extra_apply(x[None], np.asarray([i]), batch)[0], y
+                return x, y
         log.info("%s: %d poisoned + %d extra samples in %d training images", attack.name,
                  len(poison_idx), len(extra_idx), len(labels))
-        dataset = PoisonedDataset(Subset(run.data.train, run.train_idx.tolist()), sorted(table),
-                                  lambda x, y, i: table[i], transform=run.data.train_transform())
+        dataset = PoisonedDataset(Subset(run.data.train, run.train_idx.tolist()),
+                                  sorted(set(poison_idx.tolist()) | set(extra_idx.tolist())), change,
+                                  transform=run.data.train_transform())
         dataset.attack_indices = poison_idx
         dataset.extra_indices = np.asarray(extra_idx, dtype=np.int64)
         return dataset
