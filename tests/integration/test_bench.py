@@ -83,3 +83,18 @@ def test_bad_grid_configs(tmp_path):
                                            "clean_budgets: [{per_class: 1, count: 3}]\n"))
     with pytest.raises(ConfigError, match="needs `modality:`"):
         load_bench_config(_write(tmp_path, "attacks: [badnets]\n"))
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "bench").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_grid_configs_resolve(path):
+    from nft.core.registry import load_modality
+
+    config = load_bench_config(path)
+    modality = load_modality(config.modality)
+    rows = config.rows(modality.resolve)
+    assert len(rows) == len(config.attacks) * len(config.seeds) * len(config.defenses) * len(config.clean_budgets)
+    for row in rows:
+        modality.attacks.canonical(row.attack["attack"])
+        modality.datasets.canonical(row.attack["dataset"])
+        modality.models.canonical(row.attack["model"])
