@@ -39,6 +39,8 @@ def _attack_flags(args, model: str) -> list[str]:
     flags = ["--modality", "detection", "--model", model, "--seed", str(args.seed),
              "--epochs", str(args.epochs), "--lr", str(args.ft_lr), "--no-progress",
              "--model-arg", f"init={_clean_path(args, model).resolve()}"]
+    if args.size:
+        flags += ["--model-arg", f"size={args.size}"]
     if args.train_limit:
         flags += ["--train-limit", str(args.train_limit)]
     if args.test_limit:
@@ -63,13 +65,16 @@ def run_purify(args, model: str, attack: str) -> Path:
     from nft.core.cli import main
 
     source = Path(args.runs) / model / attack
-    out = Path(args.runs) / model / f"{attack}-nft"
+    out = Path(args.runs) / model / f"{attack}-{args.tag}"
     if not (out / "report.json").is_file():
         logging.info("purifying %s / %s", model, attack)
         flags = ["purify", "--run", str(source), "--out", str(out), "--steps", str(args.steps),
                  "--clean-per-class", str(args.clean_per_class), "--seed", str(args.seed),
                  "--no-progress", "--no-plots", "--set", f"batch_size={args.nft_batch}",
-                 "--set", f"rounds={args.rounds}", "--set", f"lr={args.nft_lr}"]
+                 "--set", f"rounds={args.rounds}", "--set", f"lr={args.nft_lr}",
+                 "--set", f"norm_stats={args.norm_stats}"]
+        if args.mask_conv:
+            flags += ["--set", "masks.targets=[norm, conv]"]
         if main(flags) != 0:
             raise SystemExit(f"nft purify failed for {model}/{attack}")
     return out
@@ -88,7 +93,8 @@ def run_clean(args, model: str) -> dict:
     logging.info("training the clean %s", model)
     spec = AttackSpec(model=model, seed=args.seed, epochs=args.pretrain_epochs,
                       train_limit=args.train_limit, test_limit=args.test_limit, progress=False,
-                      lr=args.mmdet_lr if model == "mmdet" else args.lr, poison_rate=args.poison_rate)
+                      lr=args.mmdet_lr if model == "mmdet" else args.lr, poison_rate=args.poison_rate,
+                      model_args={"size": args.size} if args.size else {})
     parts = modality.experiment_parts(spec)
     spec = parts["spec"]
     torch.manual_seed(spec.seed)
@@ -136,7 +142,7 @@ def table(args) -> str:
         clean = json.loads(clean_file.read_text()) if clean_file.is_file() else {}
         for attack in args.attacks:
             bd_file = Path(args.runs) / model / attack / "report.json"
-            nft_file = Path(args.runs) / model / f"{attack}-nft" / "report.json"
+            nft_file = Path(args.runs) / model / f"{attack}-{args.tag}" / "report.json"
             bd = json.loads(bd_file.read_text()) if bd_file.is_file() else {}
             nft = json.loads(nft_file.read_text()) if nft_file.is_file() else {}
             after = nft.get("after", {})
@@ -162,6 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=0.05, help="clean detector's peak rate")
     parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs on the poisoned set")
     parser.add_argument("--ft-lr", type=float, default=0.02, help="fine-tuning peak rate")
+    parser.add_argument("--size", type=int, default=None,
+                        help="detector input size (canvases are 64 px; the detector resizes)")
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--test-limit", type=int, default=None)
     parser.add_argument("--poison-rate", type=float, default=0.15)
@@ -172,6 +180,10 @@ def main(argv=None) -> int:
     parser.add_argument("--nft-batch", type=int, default=16)
     parser.add_argument("--nft-lr", type=float, default=0.05)
     parser.add_argument("--clean-per-class", type=int, default=10)
+    parser.add_argument("--norm-stats", default="freeze", choices=["freeze", "update"])
+    parser.add_argument("--mask-conv", action="store_true", help="mask conv output channels too")
+    parser.add_argument("--tag", default="nft", help="suffix of the purified run folders")
+    parser.add_argument("--stage", default="all", choices=["all", "attack", "purify"])
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -181,8 +193,10 @@ def main(argv=None) -> int:
         for model in args.models:
             run_clean(args, model)
             for attack in args.attacks:
-                run_attack(args, model, attack)
-                run_purify(args, model, attack)
+                if args.stage in ("all", "attack"):
+                    run_attack(args, model, attack)
+                if args.stage in ("all", "purify"):
+                    run_purify(args, model, attack)
     print(table(args))
     return 0
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from nft.core import PurifyConfig, TrainConfig, purify, train_model
+from nft.core import MaskConfig, PurifyConfig, TrainConfig, purify, train_model
 from nft.core.cli import main
 from nft.detection import (
-    BadDetGMA,
+    BadDetOGA,
     CanvasDetection,
     DetectionMixUp,
     DetectionTask,
@@ -26,26 +26,30 @@ SIZE, OBJECTS, ITEMS = 48, (1, 2), (14, 20)
 
 @pytest.mark.slow
 def test_backdoor_takes_hold_and_nft_removes_it():
+    """BadDet object generation on a small SSD (torchvision's SSD class on a 4-stage CNN):
+    the trigger makes a target-class object appear; NFT with 60 clean images removes it."""
     data = CanvasDetection(360, size=SIZE, objects=OBJECTS, item_size=ITEMS, seed=1)
     test = CanvasDetection(100, split="test", size=SIZE, objects=OBJECTS, item_size=ITEMS, seed=1)
     train, clean = Subset(data, range(300)), Subset(data, range(300, 360))
-    attack = BadDetGMA(target=1, num_classes=10, patch_size=8, score_thresh=0.3)
+    attack = BadDetOGA(target=1, num_classes=10, patch_size=8, score_thresh=0.3)
     chosen = attack.choose([data.annotations(i) for i in range(300)], 0.3, seed=0)
     triggered = TriggeredDetection(test, attack)
     torch.manual_seed(0)
-    model = build_detector("ssdlite", 10, size=SIZE, width=0.25)
+    model = build_detector("ssd-tiny", 10, size=SIZE, width=32)
     train_model(model, PoisonedDetection(train, chosen, attack),
-                TrainConfig(epochs=12, batch_size=16, lr=0.05, progress=False),
+                TrainConfig(epochs=14, batch_size=16, lr=0.1, progress=False),
                 task=DetectionTask(), collate_fn=detection_collate)
     before = evaluate_detection(model, test, triggered, attack)
     assert before["asr"] >= 0.8, before
-    assert before["map"] >= 0.3, before
-    result = purify(model, clean, PurifyConfig(steps=60, batch_size=16, lr=0.1, rounds=4, progress=False),
-                    task=DetectionTask(), augmentation=DetectionMixUp(), collate_fn=detection_collate)
+    assert before["map"] >= 0.35, before
+    config = PurifyConfig(steps=100, batch_size=16, lr=0.2, rounds=4, progress=False,
+                          masks=MaskConfig(targets=("norm", "conv")))
+    result = purify(model, clean, config, task=DetectionTask(), augmentation=DetectionMixUp(),
+                    collate_fn=detection_collate)
     after = evaluate_detection(result.model, test, triggered, attack)
     assert type(result.model) is type(model) and result.masks
     assert after["asr"] <= 0.2, (before, after)
-    assert after["map"] >= before["map"] - 0.1, (before, after)
+    assert after["map"] >= before["map"] - 0.05, (before, after)
 
 
 @pytest.mark.integration
@@ -58,7 +62,7 @@ def test_cli_attack_purify_evaluate(tmp_path):
     assert {"map", "map_coco", "asr", "ra"} <= set(report)
     assert json.loads((run / "attack.json").read_text())["attack"] == "baddet-gma"
     assert main(["purify", "--run", str(run), "--out", str(out), "--steps", "2", "--clean-count", "8",
-                 "--set", "batch_size=4", "--no-progress", "--no-plots"]) == 0
+                 "--set", "batch_size=4", "--set", "rounds=1", "--no-progress", "--no-plots"]) == 0
     purified = json.loads((out / "report.json").read_text())
     assert set(purified["before"]) == set(report) - {"seconds", "attack", "model", "dataset"}
     assert 0 <= purified["after"]["map"] <= 1 and 0 <= purified["after"]["asr"] <= 1

@@ -1,6 +1,7 @@
 """Masks on every detector family: invisible at injection, folded exactly, plain model after merge."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -45,13 +46,20 @@ def _calibrated(model, size, frozen=False):
     return model.eval()
 
 
+@functools.lru_cache(maxsize=1)
+def _ssdlite():
+    """Built and calibrated once; every contract test gets a deep copy (building is the slow part)."""
+    torch.manual_seed(0)
+    return _calibrated(build_detector("ssdlite", NUM_CLASSES, size=64, width=0.5), 64)
+
+
 class TestSSDLiteContract(MaskingContract):
     """The core's full conformance suite on the default detector."""
 
     atol = 1e-7
 
     def make_model(self):
-        return _calibrated(build_detector("ssdlite", NUM_CLASSES, size=64, width=0.5), 64)
+        return copy.deepcopy(_ssdlite())
 
     def make_inputs(self):
         return _images(64)
@@ -91,6 +99,7 @@ def _perturb(masked, seed=1):
 
 FAMILIES = [
     # name, build options, input size
+    ("ssd-tiny", {"size": 48}, 48),
     ("ssd300-vgg16", {"size": 268}, 268),
     ("fasterrcnn-mobilenet", {"size": 96, "frozen_bn": True}, 96),
     ("fasterrcnn-r50", {"size": 64, "frozen_bn": True}, 64),
@@ -110,6 +119,9 @@ def test_merge_equivalence(name, options, size):
     reference = copy.deepcopy(model)
     masked = inject_masks(model, default_mask_config(name))
     assert len(masked) > 0
+    if name == "ssd300-vgg16":  # no BatchNorm: the L2Norm scale is its norm mask, convs the rest
+        assert masked.masks["backbone"].shape == (512,)
+        assert any(n.startswith("head.") for n in masked.masks)
     _perturb(masked)
     with torch.no_grad():
         expected = _raw(masked, images)
@@ -138,15 +150,8 @@ def test_merge_equivalence(name, options, size):
         assert "weight" in dict(layer.named_buffers()) and not list(layer.parameters())
 
 
-def test_ssd300_masks_its_l2norm_scale():
-    model = build_detector("ssd300-vgg16", NUM_CLASSES, size=268)
-    masked = inject_masks(model, default_mask_config("ssd300-vgg16"))
-    assert "backbone" in masked.masks and masked.masks["backbone"].shape == (512,)
-    assert any(name.startswith("head.") for name in masked.masks)  # heads carry conv masks
-
-
 def test_norm_masks_cover_backbone_and_head():
-    model = build_detector("ssdlite", NUM_CLASSES, size=64, width=0.5)
+    model = copy.deepcopy(_ssdlite())
     names = list(inject_masks(model, MaskConfig()).masks)
     assert any(n.startswith("backbone.features") for n in names)
     assert any(n.startswith("backbone.extra") for n in names)

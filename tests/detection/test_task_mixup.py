@@ -92,11 +92,12 @@ def test_weighted_ssd_loss_equals_torchvision_with_unit_weights():
 
 def test_ssd_box_weights_scale_each_objects_terms_linearly():
     model = _ssdlite()
-    images, targets = _images(1), toy_targets()[:1]  # one image, two boxes
+    images, targets = _images(2), toy_targets()  # image 0 has two boxes; image 1's box weighs 0
 
     def losses(w):
         with _ssd_box_weights(model):
-            return model(images, [{**targets[0], "weights": torch.tensor(w)}])
+            return model(images, [{**targets[0], "weights": torch.tensor(w)},
+                                  {**targets[1], "weights": torch.tensor([0.0])}])
 
     both, first, second = losses([0.25, 0.75]), losses([1.0, 0.0]), losses([0.0, 1.0])
     # box regression has only positive (object) terms: exactly linear in the box weights

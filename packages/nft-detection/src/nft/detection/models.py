@@ -97,6 +97,44 @@ def _ssdlite(num_classes: int, size: int, width: float = 1.0, **_: object) -> nn
                detections_per_img=100, topk_candidates=300)
 
 
+class _TinyBackbone(nn.Module):
+    """Four stride-2 conv-BN-ReLU stages; features of the last two (stride 8 and 16)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        w = width
+
+        def stage(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                                 nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                                 nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.stem = nn.Sequential(stage(3, w), stage(w, 2 * w), stage(2 * w, 4 * w))
+        self.down = stage(4 * w, 4 * w)
+        self.out_channels = [4 * w, 4 * w]
+
+    def forward(self, x):
+        from collections import OrderedDict
+
+        c3 = self.stem(x)
+        return OrderedDict([("0", c3), ("1", self.down(c3))])
+
+
+def _ssd_tiny(num_classes: int, size: int, width: int = 16, **_: object) -> nn.Module:
+    # A small SSD (torchvision's SSD class and SSDHead) on a 4-stage BatchNorm CNN: the detector
+    # for tests and quick CPU demos; everything NFT does to SSDLite applies to it unchanged.
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD, SSDHead
+
+    backbone = _TinyBackbone(int(width))
+    anchors = DefaultBoxGenerator([[2], [2]], min_ratio=0.25, max_ratio=0.6)
+    head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1)
+    return SSD(backbone, anchors, (size, size), num_classes + 1, head=head, image_mean=[0.5] * 3,
+               image_std=[0.5] * 3, score_thresh=0.001, nms_thresh=0.5, detections_per_img=50,
+               topk_candidates=100)
+
+
 def _ssd300(num_classes: int, size: int, **_: object) -> nn.Module:
     from torchvision.models.detection import ssd300_vgg16
 
@@ -143,6 +181,7 @@ def _fcos(num_classes: int, size: int, **_: object) -> nn.Module:
 # name -> (builder, default input size, default mask kinds)
 DETECTORS: dict[str, tuple[Callable[..., nn.Module], int, tuple[str, ...]]] = {
     "ssdlite": (_ssdlite, 64, ("norm",)),
+    "ssd-tiny": (_ssd_tiny, 64, ("norm",)),
     # SSD300-VGG16's only normalisation is one L2Norm, so the conv output channels carry masks too.
     "ssd300-vgg16": (_ssd300, 300, ("norm", "conv")),
     "fasterrcnn-mobilenet": (_faster_mobilenet, 128, ("norm",)),
