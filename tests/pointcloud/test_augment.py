@@ -8,7 +8,8 @@ import torch
 
 from nft.core import ConfigError
 from nft.core.testing import AugmentationContract
-from nft.pointcloud import PointCloudTask, PointMixup, PointNet, PointWiseMixUp, RSMix, optimal_assignment
+from nft.pointcloud import PointCloudTask, PointMix, PointMixup, PointNet, PointWiseMixUp, RSMix, optimal_assignment
+from nft.pointcloud.augment import random_tilt
 
 
 def _batch():
@@ -36,6 +37,26 @@ class TestPointMixup(_Contract):
 class TestRSMix(_Contract):
     def make_augmentation(self):
         return RSMix()
+
+
+class TestPointMixWithTilt(_Contract):
+    def make_augmentation(self):
+        return PointMix(tilt=45.0)
+
+
+def test_random_tilt_is_rigid_and_bounded():
+    x, _ = _batch()
+    out = random_tilt(x, 30.0, torch.Generator().manual_seed(0))
+    pair = lambda p: ((p[:, None] - p[None]) ** 2).sum(-1)  # noqa: E731
+    for a, b in zip(x, out):
+        torch.testing.assert_close(pair(a), pair(b), atol=1e-4, rtol=1e-4)
+    # the vertical axis moves by at most the tilt (30° about x, then 30° about y)
+    z = torch.tensor([0.0, 0.0, 1.0])
+    e = random_tilt(torch.stack([torch.zeros(3), z]).unsqueeze(0).repeat(64, 1, 1), 30.0,
+                    torch.Generator().manual_seed(1))
+    axis = e[:, 1] - e[:, 0]
+    cos = (axis @ z) / axis.norm(dim=1)
+    assert float(cos.min()) >= np.cos(np.deg2rad(43.0)) and float(cos.max()) < 1.0
 
 
 class TestPointWiseMixUp(_Contract):

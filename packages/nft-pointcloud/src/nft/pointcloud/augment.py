@@ -145,20 +145,45 @@ class PointMix(_PointMix):
 
     name = "pointmix"
 
-    def __init__(self, p_rsmix: float = 0.5, alpha: float = 0.4, beta: float = 1.0) -> None:
+    def __init__(self, p_rsmix: float = 0.5, alpha: float = 0.4, beta: float = 1.0, tilt: float = 0.0) -> None:
         if not 0 <= p_rsmix <= 1:
             raise ConfigError(f"PointMix p_rsmix must be in [0, 1], got {p_rsmix}")
-        self.p_rsmix = float(p_rsmix)
+        if not 0 <= tilt <= 180:
+            raise ConfigError(f"PointMix tilt must be in [0, 180] degrees, got {tilt}")
+        self.p_rsmix, self.tilt = float(p_rsmix), float(tilt)
         self.pointmixup, self.rsmix = PointMixup(alpha), RSMix(beta)
 
     def __call__(self, inputs, targets, *, rng: np.random.Generator, generator: torch.Generator) -> Mixed:
         use_rsmix = float(rng.random()) < self.p_rsmix
+        if self.tilt > 0:
+            _check_batch(inputs, "PointMix")
+            inputs = random_tilt(inputs, self.tilt, generator)
         chosen = self.rsmix if use_rsmix else self.pointmixup
         return chosen(inputs, targets, rng=rng, generator=generator)
 
     def __repr__(self) -> str:
-        return f"PointMix(p_rsmix={self.p_rsmix}, alpha={self.pointmixup.alpha}, beta={self.rsmix.beta})"
+        return (f"PointMix(p_rsmix={self.p_rsmix}, alpha={self.pointmixup.alpha}, beta={self.rsmix.beta}, "
+                f"tilt={self.tilt})")
 
 
-POINT_AUGMENTATIONS = {"pointmixup": PointMixup, "rsmix": RSMix, "mixup": PointWiseMixUp, "pointmix": PointMix}
+def random_tilt(points: Tensor, max_degrees: float, generator: torch.Generator) -> Tensor:
+    """Rotate every cloud about its centroid by random angles in ±``max_degrees`` about x and y.
+
+    A generic orientation augmentation (upright data sets are usually augmented by rotations):
+    it shows NFT clean shapes in orientations the clean set lacks, which a fixed-rotation
+    trigger (PointBA-O) hides in; it does not use the trigger.
+    """
+    b = points.shape[0]
+    ang = (torch.rand(b, 2, generator=generator) * 2 - 1) * np.deg2rad(max_degrees)
+    cx, sx, cy, sy = ang[:, 0].cos(), ang[:, 0].sin(), ang[:, 1].cos(), ang[:, 1].sin()
+    one, zero = torch.ones(b), torch.zeros(b)
+    rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx], 1).view(b, 3, 3)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], 1).view(b, 3, 3)
+    rot = (ry @ rx).to(points)
+    centre = points.mean(dim=1, keepdim=True)
+    return (points - centre) @ rot.transpose(1, 2) + centre
+
+
+POINT_AUGMENTATIONS = {"pointmixup": PointMixup, "rsmix": RSMix, "mixup": PointWiseMixUp, "pointmix": PointMix,
+                       "pointmix-tilt": lambda: PointMix(tilt=45.0)}
 POINT_MIXES = POINT_AUGMENTATIONS
