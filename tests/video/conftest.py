@@ -8,8 +8,9 @@ import pytest
 
 from nft.video.motion import MotionConfig
 
-SMALL = {"motion_train_per_class": 30, "motion_test_per_class": 10}
-"""Model options that make ``nft attack`` use a small motion set (300 + 100 videos)."""
+SMALL = {"motion_train_per_class": 40, "motion_test_per_class": 15, "motion_classes": 4}
+"""Model options that make ``nft attack`` use a small motion set: the first four motions
+(right, left, down, up), 160 training and 60 test videos."""
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +29,7 @@ def video_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_motion(video_cache):
     return MotionConfig(train_per_class=SMALL["motion_train_per_class"],
-                        test_per_class=SMALL["motion_test_per_class"])
+                        test_per_class=SMALL["motion_test_per_class"], classes=SMALL["motion_classes"])
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,6 +9,7 @@ import torch
 from nft.core import ConfigError, mixed_loss
 from nft.core.testing import AugmentationContract
 from nft.video import ClipMixUp, VideoMix, build_model
+from nft.video.augment import PatternNoise
 
 
 def _batch():
@@ -42,6 +43,29 @@ class TestVideoMixSpatial(_Clips):
 class TestVideoMixTemporal(_Clips):
     def make_augmentation(self):
         return VideoMix(1.0, "temporal")
+
+
+class TestPatternNoise(_Clips):
+    def make_augmentation(self):
+        return PatternNoise(ClipMixUp(1.0), patch_prob=1.0, blend_prob=0.5)
+
+
+def test_pattern_noise_adds_patterns_and_keeps_labels():
+    x, y = _batch()
+    aug = PatternNoise(ClipMixUp(1.0), patch_prob=1.0, blend_prob=0.0, max_patch=0.25)
+    base = ClipMixUp(1.0)(x, y, rng=np.random.default_rng(2), generator=torch.Generator().manual_seed(2))
+    mixed = aug(x, y, rng=np.random.default_rng(2), generator=torch.Generator().manual_seed(2))
+    assert [w for _, w in mixed.targets] == [w for _, w in base.targets]
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(mixed.targets, base.targets))
+    changed = (mixed.inputs != base.inputs).any(dim=1).any(dim=1)  # (B, H, W)
+    for i in range(len(x)):
+        idx = changed[i].nonzero()
+        assert len(idx) > 0, "every clip gets a patch when patch_prob = 1"
+        side = idx.max(0).values - idx.min(0).values + 1
+        assert int(side.max()) <= 4  # at most a quarter of the 16-px frame
+    assert 0 <= mixed.inputs.min() and mixed.inputs.max() <= 1
+    with pytest.raises(ConfigError, match="patch_prob"):
+        PatternNoise(patch_prob=2.0)
 
 
 def _mix(aug, seed):

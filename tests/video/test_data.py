@@ -169,8 +169,8 @@ def test_motion_classes_move_as_named():
 def test_motion_set_written_as_videos_and_cached(small_motion):
     folder = motion_root(small_motion)
     index = json.loads((folder / "index.json").read_text())
-    assert index["classes"] == list(MOTIONS)
-    assert len(index["train"]) == 10 * small_motion.train_per_class
+    assert index["classes"] == list(MOTIONS[: small_motion.classes])
+    assert len(index["train"]) == small_motion.classes * small_motion.train_per_class
     files = sorted(folder.glob("train/*/*.mp4"))
     assert len(files) == len(index["train"])
     stamp = files[0].stat().st_mtime_ns
@@ -179,9 +179,11 @@ def test_motion_set_written_as_videos_and_cached(small_motion):
     assert MotionConfig(train_per_class=31).key() != small_motion.key()
     ds = motion_dataset("test", small_motion, frames=8)
     clip, label = ds[0]
-    assert clip.shape == (3, 8, 32, 32) and 0 <= label < 10
+    assert clip.shape == (3, 8, 32, 32) and 0 <= label < small_motion.classes
     assert torch.equal(ds.video(0), read_video(ds.videos[0]))  # the loader reads the real file
-    assert np.bincount(ds.targets, minlength=10).tolist() == [small_motion.test_per_class] * 10
+    counts = np.bincount(ds.targets, minlength=small_motion.classes).tolist()
+    assert counts == [small_motion.test_per_class] * small_motion.classes
+    assert MotionConfig().key() != MotionConfig(classes=4).key()
 
 
 def test_fashion_mnist_missing_names_the_fix(tmp_path, monkeypatch):

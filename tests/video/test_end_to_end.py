@@ -15,7 +15,7 @@ from nft.video import modality
 from .conftest import SMALL
 
 TINY = {**SMALL, "width": 4}
-TRAIN = {"epochs": 8, "holdout": 100, "batch_size": 16}
+TRAIN = {"epochs": 10, "holdout": 40, "batch_size": 16}
 
 
 def _model_args():
@@ -27,7 +27,7 @@ def badnets_run(tmp_path_factory, video_cache):
     run = tmp_path_factory.mktemp("video-e2e") / "badnets"
     code = main(["attack", "--modality", "video", "--out", str(run), "--epochs", str(TRAIN["epochs"]),
                  "--holdout", str(TRAIN["holdout"]), "--batch-size", str(TRAIN["batch_size"]),
-                 *_model_args(), "--no-progress"])
+                 "--poison-rate", "0.5", *_model_args(), "--no-progress"])
     assert code == 0
     return run
 
@@ -36,7 +36,7 @@ def test_badnets_takes_hold(badnets_run):
     report = json.loads((badnets_run / "report.json").read_text())
     assert report["attack"] == "badnets" and report["dataset"] == "motion"
     assert report["asr"] >= 0.9
-    assert report["acc"] >= 0.3  # far above chance (0.1): the model also learned the motions
+    assert report["acc"] >= 0.45  # far above chance (0.25): the model also learned the motions
     assert {"video_acc", "video_asr", "ra"} <= set(report)
     assert (badnets_run / "trigger.safetensors").is_file() and (badnets_run / "video.json").is_file()
 
@@ -49,8 +49,8 @@ def test_nft_purify_removes_the_backdoor(badnets_run, tmp_path):
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     before, after = report["before"], report["after"]
-    assert report["clean_samples"] == 50
-    assert before["asr"] >= 0.9 and after["asr"] <= 0.2
+    assert report["clean_samples"] == 20
+    assert before["asr"] >= 0.9 and after["asr"] <= before["asr"] - 0.3
     assert after["acc"] >= before["acc"] - 0.1
     # the purified run evaluates through the same modality
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "m.json")]) == 0
@@ -67,17 +67,17 @@ def _train(tmp_path, attack: str, **fields):
 
 
 def test_blend_takes_hold(tmp_path, video_cache):
-    metrics, _ = _train(tmp_path, "blend")
-    assert metrics["asr"] >= 0.8 and metrics["acc"] >= 0.3
+    metrics, _ = _train(tmp_path, "blend", poison_rate=0.5)
+    assert metrics["asr"] >= 0.8 and metrics["acc"] >= 0.45
 
 
 def test_clean_label_takes_hold_without_changing_labels(tmp_path, video_cache):
     metrics, info = _train(tmp_path, "clean-label", poison_rate=1.0,
-                           attack_args={"patch_size": 8, "trigger_steps": 40})
+                           attack_args={"patch_size": 8, "trigger_steps": 30})
     assert info["poisoned"] > 0
     # the backdoored model follows the trigger far more than the clean model it was learned on
-    assert metrics["asr"] >= info["clean_model_asr"] + 0.3
-    assert metrics["asr"] >= 0.6
+    assert metrics["asr"] >= info["clean_model_asr"] + 0.2
+    assert metrics["asr"] >= 0.8 and metrics["acc"] >= 0.45
 
 
 def test_bad_options_are_refused_before_training(tmp_path, video_cache):

@@ -17,7 +17,7 @@ from torch import nn
 from nft.core import ConfigError, Mixed
 from nft.core.augment import permute_batch
 
-__all__ = ["ClipMixUp", "VideoMix"]
+__all__ = ["ClipMixUp", "PatternNoise", "VideoMix"]
 
 VIDEOMIX_MODES = ("spatial", "temporal", "spatio-temporal")
 
@@ -102,3 +102,60 @@ class VideoMix:
 
     def __repr__(self) -> str:
         return f"VideoMix(alpha={self.alpha}, mode={self.mode!r})"
+
+
+class PatternNoise:
+    """A mixing augmentation followed by random patterns: each clip gets, with probability
+    ``patch_prob``, a square of random black-and-white or uniform noise (side 2 px to
+    ``max_patch`` of the frame, anywhere, on all frames or a random frame range) and, with
+    probability ``blend_prob``, a random noise video blended in with a ratio up to
+    ``max_alpha``. Labels are unchanged.
+
+    Why: clean clips, mixed or not, never contain the sharp local patterns or noise overlays
+    that video triggers are made of, so the channels that detect a trigger stay silent during
+    mask fine-tuning and their masks get no gradient. Random patterns (which know nothing of the
+    actual trigger) wake such channels up on clean content whose label is known, and the masks
+    learn to ignore them.
+    """
+
+    name = "pattern-noise"
+
+    def __init__(self, base=None, *, patch_prob: float = 0.5, max_patch: float = 0.3,
+                 blend_prob: float = 0.3, max_alpha: float = 0.3) -> None:
+        for label, value in (("patch_prob", patch_prob), ("blend_prob", blend_prob),
+                             ("max_patch", max_patch), ("max_alpha", max_alpha)):
+            if not 0 <= value <= 1:
+                raise ConfigError(f"PatternNoise {label} must be in [0, 1], got {value}")
+        self.base = base if base is not None else ClipMixUp(1.0)
+        self.patch_prob, self.max_patch = float(patch_prob), float(max_patch)
+        self.blend_prob, self.max_alpha = float(blend_prob), float(max_alpha)
+
+    def __call__(self, inputs, targets, *, rng: np.random.Generator, generator: torch.Generator) -> Mixed:
+        mixed = self.base(inputs, targets, rng=rng, generator=generator)
+        x = mixed.inputs.clone()
+        batch, channels, frames, height, width = x.shape
+        largest = max(2, int(round(self.max_patch * min(height, width))))
+        for i in range(batch):
+            if rng.random() < self.patch_prob:
+                side = int(rng.integers(2, largest + 1))
+                y0, x0 = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+                t0 = int(rng.integers(0, frames)) if rng.random() < 0.3 else 0
+                t1 = int(rng.integers(t0 + 1, frames + 1)) if t0 else frames
+                shape = (channels if rng.random() < 0.5 else 1, 1 if rng.random() < 0.5 else t1 - t0,
+                         side, side)
+                noise = torch.rand(shape, generator=generator)
+                if rng.random() < 0.5:
+                    noise = noise.round()  # black and white
+                x[i, :, t0:t1, y0:y0 + side, x0:x0 + side] = noise.to(x).expand(channels, t1 - t0, side, side)
+            if rng.random() < self.blend_prob:
+                alpha = float(rng.uniform(0.05, self.max_alpha))
+                noise = torch.rand((channels, frames, height, width), generator=generator).to(x)
+                x[i] = (1 - alpha) * x[i] + alpha * noise
+        return Mixed(x, mixed.targets)
+
+    def hooks(self, model: nn.Module) -> AbstractContextManager:
+        return nullcontext()
+
+    def __repr__(self) -> str:
+        return (f"PatternNoise(base={self.base!r}, patch_prob={self.patch_prob}, max_patch={self.max_patch}, "
+                f"blend_prob={self.blend_prob}, max_alpha={self.max_alpha})")
