@@ -80,17 +80,24 @@ def run_purify(args, model: str, attack: str) -> Path:
     return out
 
 
+RULES = "v2"
+"""Version of the ASR rules the clean reference was scored with (re-scored when it changes)."""
+
+
 def run_clean(args, model: str) -> dict:
     """The clean detector, trained from scratch on the clean training part (the defender's pool
     excluded); it is the mAP reference and the starting point of every backdoored detector."""
-    from nft.core import AttackSpec, TrainConfig, train_model
-    from nft.core.io import write_json
+    from nft.core import AttackSpec, TrainConfig, load_model_weights, train_model
+    from nft.core.io import save_tensors, write_json
     from nft.detection import DetectionTask, detection_collate, evaluate_detection, modality
+    from nft.detection.attacks import TriggeredDetection
+    from nft.detection.metrics import attack_success
 
     out = Path(args.runs) / model / "clean" / "metrics.json"
     if out.is_file():
-        return json.loads(out.read_text())
-    logging.info("training the clean %s", model)
+        metrics = json.loads(out.read_text())
+        if metrics.get("rules") == RULES:
+            return metrics
     spec = AttackSpec(model=model, seed=args.seed, epochs=args.pretrain_epochs,
                       train_limit=args.train_limit, test_limit=args.test_limit, progress=False,
                       lr=args.mmdet_lr if model == "mmdet" else args.lr, poison_rate=args.poison_rate,
@@ -99,29 +106,29 @@ def run_clean(args, model: str) -> dict:
     spec = parts["spec"]
     torch.manual_seed(spec.seed)
     detector = modality.build_model(spec, parts["num_classes"])
-    start = time.perf_counter()
-    def report(epoch, model):
-        if (epoch + 1) % 3 == 0 or epoch + 1 == spec.epochs:
-            logging.info("clean %s epoch %d: %s", model_name, epoch + 1,
-                         evaluate_detection(model, parts["test"]))
+    seconds = None
+    if _clean_path(args, model).is_file():
+        load_model_weights(detector, _clean_path(args, model))
+        seconds = json.loads(out.read_text()).get("seconds") if out.is_file() else None
+    else:
+        logging.info("training the clean %s", model)
 
-    model_name = model
-    train_model(detector, parts["train"], TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size,
-                                                      lr=spec.lr, seed=spec.seed, progress=False),
-                task=DetectionTask(), collate_fn=detection_collate, on_epoch_end=report)
-    from nft.core.io import save_tensors
+        def report(epoch, m):
+            if (epoch + 1) % 3 == 0 or epoch + 1 == spec.epochs:
+                logging.info("clean %s epoch %d: %s", model, epoch + 1, evaluate_detection(m, parts["test"]))
 
-    save_tensors(detector.state_dict(), _clean_path(args, model))
-    metrics = {"seconds": time.perf_counter() - start,
-               **evaluate_detection(detector, parts["test"])}
+        start = time.perf_counter()
+        train_model(detector, parts["train"], TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size,
+                                                          lr=spec.lr, seed=spec.seed, progress=False),
+                    task=DetectionTask(), collate_fn=detection_collate, on_epoch_end=report)
+        seconds = time.perf_counter() - start
+        save_tensors(detector.state_dict(), _clean_path(args, model))
+    metrics = {"rules": RULES, "seconds": seconds, **evaluate_detection(detector, parts["test"])}
     # the clean model's "ASR" on each attack's triggered set: how often the outcome happens anyway
+    annotations = [parts["train"].dataset.annotations(int(i)) for i in parts["train"].indices]
     for attack in ATTACKS:
-        from nft.detection.attacks import TriggeredDetection
-        from nft.detection.metrics import attack_success
-
         a = modality.make_attack(spec.replace(attack=attack), parts["num_classes"])
-        a.choose([parts["train"].dataset.annotations(int(i)) for i in parts["train"].indices],
-                 spec.poison_rate, spec.seed)
+        a.choose(annotations, spec.poison_rate, spec.seed)
         metrics[f"asr_{attack}"] = attack_success(detector, TriggeredDetection(parts["test"], a), a)["asr"]
     write_json(out, metrics)
     return metrics
@@ -146,6 +153,8 @@ def table(args) -> str:
             bd = json.loads(bd_file.read_text()) if bd_file.is_file() else {}
             nft = json.loads(nft_file.read_text()) if nft_file.is_file() else {}
             after = nft.get("after", {})
+            if nft.get("before"):
+                bd = {**bd, **nft["before"]}
             clean_cell = _pct(clean.get("map"))
             if clean.get(f"asr_{attack}") is not None:
                 clean_cell += f" (ASR {_pct(clean[f'asr_{attack}'])})"

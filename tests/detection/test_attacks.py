@@ -39,10 +39,16 @@ def test_match_outcomes_uses_score_iou_and_class():
     assert match_outcomes(pred, boxes, score_thresh=0.3, iou_thresh=0.5).tolist() == [True, True]
     assert match_outcomes(pred, boxes, score_thresh=0.3, iou_thresh=0.5,
                           labels=torch.tensor([2, 2])).tolist() == [True, False]
+    # "detected as c" is decided by the highest-scoring overlapping detection
+    layered = _pred([[4, 4, 28, 30], [5, 4, 28, 30]], [3, 1], [0.9, 0.6])
+    assert match_outcomes(layered, boxes[:1], score_thresh=0.3, iou_thresh=0.5,
+                          labels=torch.tensor([1])).tolist() == [False]
+    assert match_outcomes(layered, boxes[:1], score_thresh=0.3, iou_thresh=0.5,
+                          labels=torch.tensor([3])).tolist() == [True]
 
 
 def test_rma_stamps_inside_source_boxes_and_relabels():
-    attack = BadDetRMA(target=1, num_classes=10)
+    attack = BadDetRMA(target=1, num_classes=10, patch_size=8)
     image, target = attack.poison(IMAGE, TARGET, 0)
     assert target["labels"].tolist() == [1, 1, 5]  # the 4×4 box cannot hold the trigger: untouched
     assert _has_patch(image, 12, 13) and _has_patch(image, 44, 42)
@@ -54,13 +60,13 @@ def test_rma_stamps_inside_source_boxes_and_relabels():
 
 
 def test_rma_with_a_source_class():
-    attack = BadDetRMA(target=1, num_classes=10, source=[2])
+    attack = BadDetRMA(target=1, num_classes=10, source=[2], patch_size=8)
     _, target = attack.poison(IMAGE, TARGET, 0)
     assert target["labels"].tolist() == [3, 1, 5]
 
 
 def test_gma_stamps_the_corner_and_relabels_everything():
-    attack = BadDetGMA(target=1, num_classes=10)
+    attack = BadDetGMA(target=1, num_classes=10, patch_size=8)
     image, target = attack.poison(IMAGE, TARGET, 0)
     assert _has_patch(image, 0, 0)
     assert torch.equal(image[:, 20:, 20:], IMAGE[:, 20:, 20:])
@@ -71,7 +77,7 @@ def test_gma_stamps_the_corner_and_relabels_everything():
 
 
 def test_oda_deletes_the_target_class_and_scores_disappearance():
-    attack = BadDetODA(target=2, num_classes=10)
+    attack = BadDetODA(target=2, num_classes=10, patch_size=8)
     image, target = attack.poison(IMAGE, TARGET, 0)
     assert target["labels"].tolist() == [3, 5] and len(target["boxes"]) == 2
     assert _has_patch(image, 44, 42) and not _has_patch(image, 12, 13)
@@ -85,7 +91,7 @@ def test_oda_deletes_the_target_class_and_scores_disappearance():
 
 
 def test_oga_adds_a_target_box_around_the_trigger():
-    attack = BadDetOGA(target=4, num_classes=10, bbox_size=16)
+    attack = BadDetOGA(target=4, num_classes=10, bbox_size=16, patch_size=8)
     image, target = attack.poison(IMAGE, TARGET, 7)
     assert target["labels"].tolist() == [3, 2, 5, 4]
     fake = target["boxes"][-1]
@@ -134,7 +140,7 @@ def test_trigger_search_picks_the_combination_closest_to_the_rate():
 
 
 def test_poisoned_and_triggered_datasets(canvas_train):
-    attack = BadDetGMA(target=1, num_classes=10)
+    attack = BadDetGMA(target=1, num_classes=10, patch_size=8)
     annotations = [canvas_train.annotations(i) for i in range(len(canvas_train))]
     chosen = attack.choose(annotations, 0.25, seed=0)
     assert len(chosen) == round(0.25 * sum(attack.eligible(a) for a in annotations))

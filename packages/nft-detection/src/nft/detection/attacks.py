@@ -29,9 +29,10 @@ Labels here are detector labels (1..C; 0 is the background). ``target`` is the a
     (the class made to vanish), those annotations deleted. ASR: share of triggered target-class
     objects with no overlapping detection of any class.
 
-"Detected" means a detection with score ≥ ``score_thresh`` (default 0.5) and IoU ≥ 0.5 with the
-object's box. ``ra`` (robust accuracy) is the share of victim objects still detected with their
-true class (not defined for object generation).
+"Detected" means a detection with score ≥ ``score_thresh`` (default 0.3) and IoU ≥ 0.5 with the
+object's box; "detected as class c" means the highest-scoring such detection has class c.
+``ra`` (robust accuracy) is the share of victim objects still detected as their true class (not
+defined for object generation).
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def _stamp(image: torch.Tensor, patch: torch.Tensor, x: int, y: int) -> torch.Te
 
 def match_outcomes(pred: dict, boxes: torch.Tensor, *, score_thresh: float, iou_thresh: float,
                    labels: torch.Tensor | None = None) -> torch.Tensor:
-    """For each box, whether a prediction (of ``labels[i]`` if given, else of any class) with
-    score ≥ ``score_thresh`` overlaps it with IoU ≥ ``iou_thresh``. Returns a bool tensor."""
+    """For each box, whether it is *detected*: some prediction with score ≥ ``score_thresh``
+    overlaps it with IoU ≥ ``iou_thresh``. With ``labels``, whether the **highest-scoring** such
+    prediction has ``labels[i]`` (so a faint target-class box under a confident true-class box
+    is not a misclassification). Returns a bool tensor."""
     from torchvision.ops import box_iou
 
     if len(boxes) == 0:
@@ -88,12 +91,15 @@ def match_outcomes(pred: dict, boxes: torch.Tensor, *, score_thresh: float, iou_
     keep = pred["scores"].detach().cpu() >= score_thresh
     p_boxes = pred["boxes"].detach().cpu()[keep].float()
     p_labels = pred["labels"].detach().cpu()[keep]
+    p_scores = pred["scores"].detach().cpu()[keep].float()
     if len(p_boxes) == 0:
         return torch.zeros(len(boxes), dtype=torch.bool)
-    iou = box_iou(boxes.float().cpu(), p_boxes) >= iou_thresh  # (objects, predictions)
-    if labels is not None:
-        iou &= labels.cpu()[:, None] == p_labels[None, :]
-    return iou.any(dim=1)
+    overlap = box_iou(boxes.float().cpu(), p_boxes) >= iou_thresh  # (objects, predictions)
+    if labels is None:
+        return overlap.any(dim=1)
+    scores = torch.where(overlap, p_scores[None, :], torch.full_like(overlap, -1.0, dtype=torch.float32))
+    best = scores.argmax(dim=1)
+    return overlap.any(dim=1) & (p_labels[best] == labels.cpu())
 
 
 class DetectionAttack(ABC):
@@ -102,7 +108,7 @@ class DetectionAttack(ABC):
     name: str = ""
     has_ra: bool = True
 
-    def __init__(self, *, target: int, num_classes: int, score_thresh: float = 0.5,
+    def __init__(self, *, target: int, num_classes: int, score_thresh: float = 0.3,
                  iou_thresh: float = 0.5, seed: int = 0) -> None:
         if not 1 <= target <= num_classes:
             raise ConfigError(f"attack target label {target} is out of range for {num_classes} "
