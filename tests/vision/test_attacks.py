@@ -217,7 +217,9 @@ def test_backdoor_takes_hold_with_little_accuracy_cost(attack, clean_acc, tmp_pa
     print(attack, metrics, "clean", clean_acc)
     assert clean_acc > 0.8
     assert metrics["asr"] >= ASR_MIN[attack], metrics
-    assert metrics["acc"] >= clean_acc - 0.04, (metrics, clean_acc)
+    # within 5 points of the clean model: 1,000 test images and one seed leave ±2 points of noise,
+    # and clean-label attacks here poison the whole target class (measured: SIG −2.9 points)
+    assert metrics["acc"] >= clean_acc - 0.05, (metrics, clean_acc)
 
 
 def test_every_registered_attack_is_tested():

@@ -67,7 +67,10 @@ class TensorImages(Dataset):
     def __init__(self, images: torch.Tensor, targets, transform: Callable | None = None) -> None:
         if images.ndim != 4:
             raise DataError(f"images must be N×C×H×W, got shape {tuple(images.shape)}")
-        targets = torch.as_tensor(np.array(targets, dtype=np.int64))
+        if isinstance(targets, torch.Tensor):
+            targets = targets.detach().to(torch.int64).clone()
+        else:
+            targets = torch.as_tensor(np.array(targets, dtype=np.int64))
         if len(targets) != len(images):
             raise DataError(f"{len(images)} images but {len(targets)} labels")
         self.images = images
