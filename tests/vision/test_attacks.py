@@ -195,7 +195,9 @@ STRONGER = {"sig": dict(poison_rate=0.1), "clb": dict(poison_rate=0.1),
             "bpp": dict(poison_rate=0.2, attack_args={"squeeze_num": 4}),
             "trojan": dict(attack_args={"clean_epochs": 2, "steps": 100})}
 # ASR each attack must reach on this small run (measured values are in docs/vision.md).
-ASR_MIN = {"badnets": 0.95, "blend": 0.9, "trojan": 0.9, "sig": 0.7, "clb": 0.7, "wanet": 0.7,
+# Measured (seed 0): clean ACC 0.830; badnets 1.000, blend 1.000, trojan 1.000, sig 0.962 (ACC 0.801),
+# clb 0.955 (ACC 0.793), wanet 0.953 (ACC 0.804), bpp 0.930 (ACC 0.805).
+ASR_MIN = {"badnets": 0.95, "blend": 0.95, "trojan": 0.95, "sig": 0.85, "clb": 0.85, "wanet": 0.85,
            "bpp": 0.8}
 
 
