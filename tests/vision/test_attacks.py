@@ -195,6 +195,9 @@ STRONGER = {"sig": dict(poison_rate=0.1), "clb": dict(poison_rate=0.1),
             "bpp": dict(poison_rate=0.2, attack_args={"squeeze_num": 4}),
             "trojan": dict(attack_args={"clean_epochs": 2, "steps": 100})}
 # ASR each attack must reach on this small run (measured values are in docs/vision.md).
+# Clean-label attacks change every target-class training image here, which costs more clean
+# accuracy on that class (measured: SIG −2.9, CLB −3.7 points).
+ACC_TOLERANCE = {"sig": 0.06, "clb": 0.06}
 # Measured (seed 0): clean ACC 0.830; badnets 1.000, blend 1.000, trojan 1.000, sig 0.962 (ACC 0.801),
 # clb 0.955 (ACC 0.793), wanet 0.953 (ACC 0.804), bpp 0.930 (ACC 0.805).
 ASR_MIN = {"badnets": 0.95, "blend": 0.95, "trojan": 0.95, "sig": 0.85, "clb": 0.85, "wanet": 0.85,
@@ -221,7 +224,7 @@ def test_backdoor_takes_hold_with_little_accuracy_cost(attack, clean_acc, tmp_pa
     assert metrics["asr"] >= ASR_MIN[attack], metrics
     # within 5 points of the clean model: 1,000 test images and one seed leave ±2 points of noise,
     # and clean-label attacks here poison the whole target class (measured: SIG −2.9 points)
-    assert metrics["acc"] >= clean_acc - 0.05, (metrics, clean_acc)
+    assert metrics["acc"] >= clean_acc - ACC_TOLERANCE.get(attack, 0.05), (metrics, clean_acc)
 
 
 def test_every_registered_attack_is_tested():
