@@ -75,9 +75,12 @@ def test_pcba_search_raises_the_target_posterior():
 def test_each_attack_plants_a_backdoor(attack, tmp_path):
     args = {"pcba": {"restarts": 2, "steps": 80, "target_posterior": 0.3, "convergence": 30,
                      "surrogate_epochs": 6, "attacker_samples": 200}}.get(attack, {})
+    # IRBA's smooth warp is the hardest trigger to learn (78.7% ASR at a 10% rate in the
+    # docs' table): poison 20% so this small, short run takes it reliably
+    rate = 0.2 if attack == "irba" else 0.1
     spec = modality.resolve(AttackSpec(
         attack=attack, model="pointnet", epochs=12, train_limit=500, holdout=50, test_limit=200,
-        poison_rate=0.1, progress=False, attack_args=args, model_args={"width": 8, "num_points": N}))
+        poison_rate=rate, progress=False, attack_args=args, model_args={"width": 8, "num_points": N}))
     with RunFolder(tmp_path / "run") as run:
         metrics = modality.train_backdoor(spec, run)
         run.write_json("config.json", {"kind": "attack", "modality": "pointcloud", "spec": spec.to_dict()})
