@@ -35,7 +35,7 @@ def badnets_run(tmp_path_factory, video_cache):
 def test_badnets_takes_hold(badnets_run):
     report = json.loads((badnets_run / "report.json").read_text())
     assert report["attack"] == "badnets" and report["dataset"] == "motion"
-    assert report["asr"] >= 0.9
+    assert report["asr"] >= 0.85
     assert report["acc"] >= 0.45  # far above chance (0.25): the model also learned the motions
     assert {"video_acc", "video_asr", "ra"} <= set(report)
     assert (badnets_run / "trigger.safetensors").is_file() and (badnets_run / "video.json").is_file()
@@ -50,7 +50,7 @@ def test_nft_purify_removes_the_backdoor(badnets_run, tmp_path):
     report = json.loads((out / "report.json").read_text())
     before, after = report["before"], report["after"]
     assert report["clean_samples"] == 20
-    assert before["asr"] >= 0.9 and after["asr"] <= before["asr"] - 0.3
+    assert before["asr"] >= 0.85 and after["asr"] <= before["asr"] - 0.3
     assert after["acc"] >= before["acc"] - 0.1
     # the purified run evaluates through the same modality
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "m.json")]) == 0

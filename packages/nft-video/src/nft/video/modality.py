@@ -97,7 +97,7 @@ class VideoModality(Modality):
     name = "video"
     description = ("action recognition: 3D CNNs (torchvision, pytorchvideo) on clips; badnets, "
                    "blend, clean-label video backdoors; embedded Fashion-MNIST motion set")
-    defaults = {"dataset": "motion", "model": "r3d-18", "attack": "badnets", "epochs": 30,
+    defaults = {"dataset": "motion", "model": "r3d-18", "attack": "badnets", "epochs": 20,
                 "batch_size": 32, "lr": 0.05, "holdout": 200}
 
     def __init__(self) -> None:
