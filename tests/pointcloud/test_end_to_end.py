@@ -8,7 +8,7 @@ from nft.core import AttackSpec, ConfigError, RunFolder
 from nft.core.cli import main
 from nft.pointcloud import modality
 
-SMALL = ["--train-limit", "500", "--holdout", "60", "--test-limit", "200", "--epochs", "12",
+SMALL = ["--train-limit", "500", "--holdout", "100", "--test-limit", "200", "--epochs", "12",
          "--model-arg", "width=8", "--model-arg", "num_points=64", "--no-progress"]
 
 
