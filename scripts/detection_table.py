@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 ATTACKS = ["clean-image", "baddet-oga", "baddet-rma", "baddet-gma", "baddet-oda"]
-MODEL_NAMES = {"ssdlite": "SSDLite (MobileNetV3 ×0.5, 64 px)", "mmdet": "mmdet FCOS (ResNet-18, 64 px)"}
+MODEL_NAMES = {"ssdlite": "SSDLite (MobileNetV3 ×0.5, 64 px)", "ssd-tiny": "SSD-tiny (4-stage CNN, 64 px)",
+               "mmdet": "mmdet FCOS (ResNet-18, 64 px)"}
 
 
 def _clean_path(args, model: str) -> Path:
@@ -69,7 +70,7 @@ def run_purify(args, model: str, attack: str) -> Path:
     if not (out / "report.json").is_file():
         logging.info("purifying %s / %s", model, attack)
         flags = ["purify", "--run", str(source), "--out", str(out), "--steps", str(args.steps),
-                 "--clean-per-class", str(args.clean_per_class), "--seed", str(args.seed),
+                 "--clean-count", str(args.clean_count), "--seed", str(args.seed),
                  "--no-progress", "--no-plots", "--set", f"batch_size={args.nft_batch}",
                  "--set", f"rounds={args.rounds}", "--set", f"lr={args.nft_lr}",
                  "--set", f"norm_stats={args.norm_stats}"]
@@ -188,7 +189,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nft-batch", type=int, default=16)
     parser.add_argument("--nft-lr", type=float, default=0.05)
-    parser.add_argument("--clean-per-class", type=int, default=10)
+    parser.add_argument("--clean-count", type=int, default=100,
+                        help="clean images the defender uses (from its held-out pool)")
     parser.add_argument("--norm-stats", default="freeze", choices=["freeze", "update"])
     parser.add_argument("--mask-conv", action="store_true", help="mask conv output channels too")
     parser.add_argument("--tag", default="nft", help="suffix of the purified run folders")

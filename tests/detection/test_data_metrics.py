@@ -32,7 +32,7 @@ def test_canvas_is_deterministic_and_well_formed(canvas_train):
 
 def test_canvas_has_co_occurrence_structure():
     data = CanvasDetection(400, size=64, item_size=(16, 24), seed=0)
-    present = [set(t["labels"].tolist()) for t in data.targets]
+    present = [set(t["labels"].tolist()) for t in data.objects]
     def rate(a, b):
         return np.mean([{a, b} <= p for p in present])
     # classes of one outfit co-occur far more often than classes of no common outfit

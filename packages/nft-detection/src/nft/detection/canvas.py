@@ -120,7 +120,8 @@ class CanvasDetection(Dataset):
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])
         outfits = list(OUTFITS.values())
         images = np.zeros((n, size, size), dtype=np.uint8)
-        self.targets: list[dict] = []
+        # (not called ``targets``: the core reads ``targets`` / ``labels`` as per-image class labels)
+        self.objects: list[dict] = []
         self.outfits = np.zeros(n, dtype=np.int64)
         self.labels = np.zeros(n, dtype=np.int64)
         for index in range(n):
@@ -148,7 +149,7 @@ class CanvasDetection(Dataset):
                 labels.append(int(cls) + 1)
             images[index] = canvas.astype(np.uint8)
             box_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-            self.targets.append({"boxes": box_t, "labels": torch.tensor(labels, dtype=torch.int64),
+            self.objects.append({"boxes": box_t, "labels": torch.tensor(labels, dtype=torch.int64),
                                  "image_id": index})
             areas = (box_t[:, 2] - box_t[:, 0]) * (box_t[:, 3] - box_t[:, 1])
             self.labels[index] = labels[int(areas.argmax())] - 1 if labels else 0
@@ -156,17 +157,17 @@ class CanvasDetection(Dataset):
         self.images = torch.from_numpy(images)
         self.size = size
         log.debug("canvas %s: %d images, %.2f objects per image", split, n,
-                  np.mean([len(t["labels"]) for t in self.targets]))
+                  np.mean([len(t["labels"]) for t in self.objects]))
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return len(self.objects)
 
     def __getitem__(self, index: int):
         image = self.images[index].float().div(255.0).unsqueeze(0).expand(3, -1, -1).contiguous()
-        target = self.targets[index]
+        target = self.objects[index]
         return image, {"boxes": target["boxes"].clone(), "labels": target["labels"].clone(),
                        "image_id": target["image_id"]}
 
     def annotations(self, index: int) -> dict:
         """The target of ``index`` without building the image (for poisoning and trigger search)."""
-        return self.targets[index]
+        return self.objects[index]

@@ -121,7 +121,7 @@ class _TinyBackbone(nn.Module):
         return OrderedDict([("0", c3), ("1", self.down(c3))])
 
 
-def _ssd_tiny(num_classes: int, size: int, width: int = 16, **_: object) -> nn.Module:
+def _ssd_tiny(num_classes: int, size: int, width: int = 32, **_: object) -> nn.Module:
     # A small SSD (torchvision's SSD class and SSDHead) on a 4-stage BatchNorm CNN: the detector
     # for tests and quick CPU demos; everything NFT does to SSDLite applies to it unchanged.
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
