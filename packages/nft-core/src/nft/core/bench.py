@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import statistics
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 
 from .config import config_from_dict, config_to_dict
 from .errors import ConfigError
-from .io import RunFolder, atomic_write_text, write_json
+from .io import atomic_write_text, write_json
 from .modality import AttackSpec
 
 __all__ = ["BenchConfig", "BenchRow", "load_bench_config", "run_bench", "summarise"]
@@ -155,16 +154,13 @@ def bench_config_from_dict(data: dict, default_name: str = "bench") -> BenchConf
 def ensure_model(modality, row: BenchRow, models_dir: Path, *, device: str | None,
                  progress: bool) -> Path:
     """The attack run folder of ``row``, trained now unless a previous grid already made it."""
+    from .runs import make_attack_run
+
     run_dir = models_dir / f"{row.attack.get('attack')}-{row.model_key}"
-    if (run_dir / "config.json").is_file():
+    if (run_dir / "report.json").is_file():
         return run_dir
     spec = config_from_dict(AttackSpec, {**row.attack, "device": device, "progress": progress})
-    start = time.perf_counter()
-    with RunFolder(run_dir, overwrite=True) as run:
-        metrics = modality.train_backdoor(spec, run)
-        run.write_json("config.json", {"kind": "attack", "modality": modality.name,
-                                       "spec": config_to_dict(spec)})
-        run.write_json("report.json", {**metrics, "seconds": time.perf_counter() - start})
+    make_attack_run(modality, spec, run_dir, overwrite=True)
     return run_dir
 
 
@@ -173,18 +169,15 @@ def run_row(modality, row: BenchRow, run_dir: Path, *, device: str | None, progr
     """Purify one model with one defense; returns the row's record."""
     from .api import purify
     from .data import select_clean_subset
-    from .defenses import DEFENSES
     from .io import read_json
+    from .runs import defense_config
     from .metrics import defense_effectiveness_rating
 
     experiment = experiment or modality.load_experiment(run_dir, device=device)
-    defaults = DEFENSES.get(row.method)(None).config
-    values = {**config_to_dict(defaults), **row.defense, "seed": row.seed, "progress": progress}
+    overrides = {**row.defense, "seed": row.seed, "progress": progress}
     if device:
-        values["device"] = device
-    if experiment.mask_config is not None and "masks" not in row.defense and "masks" in values:
-        values["masks"] = config_to_dict(experiment.mask_config)
-    config = config_from_dict(type(defaults), values)
+        overrides["device"] = device
+    config = defense_config(row.method, experiment, overrides)
     budget_key, budget = next(iter(row.budget.items()))
     clean = select_clean_subset(experiment.defender_pool, seed=row.seed, labels=experiment.pool_labels,
                                 **{budget_key: budget})

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,10 @@ import yaml
 
 from .config import config_from_dict, config_to_dict
 from .errors import ConfigError, NFTError
-from .io import RunFolder, load_model_weights, read_json
+from .io import RunFolder
 from .modality import AttackSpec
 from .registry import available_modalities, load_modality
+from .runs import defense_config, load_run
 
 log = logging.getLogger("nft")
 
@@ -151,56 +151,19 @@ def cmd_attack(args: argparse.Namespace) -> int:
     values["model_args"] = _merge(values.get("model_args", {}),
                                   _parse_assignments(args.model_arg, "--model-arg"))
     values["progress"] = not args.no_progress
-    spec = modality.resolve(config_from_dict(AttackSpec, values))
+    spec = modality.resolve(config_from_dict(AttackSpec, values))  # resolved here to validate early
     if spec.mode not in MODES:
         raise ConfigError(f"--mode {spec.mode!r} is unknown; use one of {MODES}")
-    start = time.perf_counter()
-    with _run_folder(out, args.overwrite) as run:
-        metrics = modality.train_backdoor(spec, run)
-        seconds = time.perf_counter() - start
-        run.write_json("config.json", {"kind": "attack", "modality": modality_name,
-                                       "spec": config_to_dict(spec)})
-        report = {**metrics, "seconds": seconds, "attack": spec.attack, "model": spec.model,
-                  "dataset": spec.dataset}
-        run.write_json("report.json", report)
-        run.write_text("report.md", _attack_markdown(spec, metrics, seconds))
+    from .distributed import is_main
+    from .runs import make_attack_run
+
+    metrics, seconds = make_attack_run(modality, spec, out, overwrite=args.overwrite, discard=not is_main())
     _say(_table([("backdoored", metrics)], _metric_keys(metrics)))
     _say(f"wrote {out} ({seconds:.0f} s)")
     return 0
 
 
-def _attack_markdown(spec: AttackSpec, metrics: dict, seconds: float) -> str:
-    keys = _metric_keys(metrics)
-    return "\n".join([
-        f"# Backdoored model: {spec.attack} on {spec.dataset} / {spec.model}", "",
-        f"Poison rate {spec.poison_rate}, target {spec.target}, {spec.mode}, {spec.epochs} epochs, "
-        f"seed {spec.seed}; training took {seconds:.0f} s.", "",
-        "| " + " | ".join(f"{k.upper()} (%)" for k in keys) + " |",
-        "|" + "---|" * len(keys),
-        "| " + " | ".join(f"{100 * metrics[k]:.2f}" for k in keys) + " |", "",
-    ])
-
-
-def _attack_run(run_dir: Path) -> tuple[dict, Path]:
-    """The attack run behind ``run_dir`` (itself, or the source of a purification run)."""
-    config = read_json(run_dir / "config.json")
-    if config.get("kind") == "purify":
-        return read_json(Path(config["source"]) / "config.json"), Path(config["source"])
-    if config.get("kind") != "attack":
-        raise ConfigError(f"{run_dir} is not an nft run folder (config.json has no kind)")
-    return config, run_dir
-
-
-def _load(run_dir: Path, device: str | None):
-    attack_config, source = _attack_run(run_dir)
-    modality = load_modality(attack_config["modality"])
-    experiment = modality.load_experiment(source, device=device)
-    if source != run_dir:  # a purified model: same architecture, its own weights
-        load_model_weights(experiment.model, run_dir / "model.safetensors")
-    return modality, experiment, attack_config
-
-
-PURIFY_FLAGS = ("method", "clean_per_class", "clean_fraction", "clean_count", "seed", "device")
+PURIFY_FLAGS = ("method", "clean_per_class", "clean_fraction", "clean_count", "seed", "device", "augmentation")
 
 
 def cmd_purify(args: argparse.Namespace) -> int:
@@ -224,7 +187,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown purify options {unknown}; known: {list(PURIFY_FLAGS)} and `defense`")
     method = options.get("method", "nft")
-    factory = DEFENSES.get(method)
+    defaults = DEFENSES.get(method)(None).config
     budgets = [k for k in ("clean_per_class", "clean_fraction", "clean_count") if options.get(k) is not None]
     if len(budgets) > 1:
         raise ConfigError(f"choose one clean budget, not {budgets}")
@@ -232,19 +195,20 @@ def cmd_purify(args: argparse.Namespace) -> int:
         options["clean_per_class"] = 10
     seed = int(options.get("seed", 0))
 
-    defaults = factory(None).config
     overrides = _merge(defense_overrides, _parse_assignments(args.set, "--set"))
     if args.steps is not None:
         overrides["steps"] = args.steps
     overrides.update(seed=seed, progress=not args.no_progress)
     if options.get("device"):
         overrides["device"] = options["device"]
-    config = config_from_dict(type(defaults), _merge(config_to_dict(defaults), overrides))
+    config_from_dict(type(defaults), _merge(config_to_dict(defaults), overrides))  # bad values fail before the slow load
 
     _run_folder(out, args.overwrite)  # fail early if OUT exists
-    modality, experiment, attack_config = _load(run_dir, options.get("device"))
-    if experiment.mask_config is not None and "masks" not in overrides and hasattr(config, "masks"):
-        config = config.replace(masks=experiment.mask_config)
+    modality, experiment, attack_config = load_run(run_dir, device=options.get("device"))
+    config = defense_config(method, experiment, overrides)
+    augmentation = experiment.augmentation
+    if options.get("augmentation"):
+        augmentation = modality.augmentations.get(options["augmentation"])()
     clean = select_clean_subset(
         experiment.defender_pool, per_class=options.get("clean_per_class"),
         fraction=options.get("clean_fraction"), count=options.get("clean_count"), seed=seed,
@@ -254,7 +218,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
     before = experiment.evaluate(experiment.model)
     result = purify(
         experiment.model, clean, config, method=method, task=experiment.task,
-        augmentation=experiment.augmentation, input_space=experiment.input_space,
+        augmentation=augmentation, input_space=experiment.input_space,
         collate_fn=experiment.collate_fn,
     )
     after = experiment.evaluate(result.model)
@@ -268,6 +232,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
         run.write_json("config.json", {
             "kind": "purify", "modality": attack_config["modality"], "source": str(run_dir.resolve()),
             "method": method, "defense": config_to_dict(config),
+            "augmentation": options.get("augmentation") or (repr(augmentation) if augmentation else "the defense's own"),
             "clean": {k: options.get(k) for k in ("clean_per_class", "clean_fraction", "clean_count")},
             "seed": seed,
         })
@@ -294,7 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not (run_dir / "config.json").is_file():
         raise ConfigError(f"--run {run_dir} is not a run folder (no config.json)")
-    _, experiment, _ = _load(run_dir, args.device)
+    _, experiment, _ = load_run(run_dir, device=args.device)
     metrics = experiment.evaluate(experiment.model)
     _say(_table([(run_dir.name[:10], metrics)], _metric_keys(metrics)))
     if args.out:
@@ -369,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--clean-fraction", type=float, help="fraction of the defender's pool")
     budget.add_argument("--clean-count", type=int, help="number of clean samples")
     p.add_argument("--steps", type=int, help="optimiser steps of the defense")
+    p.add_argument("--augmentation", help="the modality's mixing augmentation by name (see `nft list`)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="defense option, e.g. lr=0.1 or masks.targets=[norm,conv] (repeatable)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -86,6 +86,9 @@ class Experiment:
     """Labels of ``defender_pool`` (for k-per-class selection); ``None`` when not classification."""
     augmentation: Augmentation | None = None
     mask_config: MaskConfig | None = None
+    nft_overrides: dict = field(default_factory=dict)
+    """:class:`~nft.core.PurifyConfig` fields this modality recommends for NFT (e.g. fewer, smaller
+    steps for video); applied to the NFT family unless the user sets the same field."""
     input_space: InputSpace | None = None
     collate_fn: Callable[[list], Any] | None = None
     primary_metric: str = "acc"
@@ -109,7 +112,7 @@ class Modality(ABC):
 
     def resolve(self, spec: AttackSpec) -> AttackSpec:
         """Fill the spec's ``None`` fields with this modality's defaults."""
-        filled = {k: v for k, v in self.defaults.items() if getattr(spec, k, None) is None}
+        filled = {k: v for k, v in self.defaults.items() if getattr(spec, k, None) in (None, {})}
         return spec.replace(**filled) if filled else spec
 
     def listing(self) -> dict[str, list[str]]:

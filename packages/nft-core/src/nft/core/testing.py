@@ -79,8 +79,18 @@ class MaskingContract:
         raise TypeError(f"override scalar() for outputs of type {type(outputs).__name__}")
 
     def _fresh(self) -> nn.Module:
+        """The model in eval mode, its normalisation statistics set from one batch.
+
+        Freshly built deep plain networks (VGG, MobileNet) in eval mode with unit running
+        statistics shrink activations towards zero, which would hide whether masks are wired in.
+        """
         torch.manual_seed(0)
-        return self.make_model().eval()
+        model = self.make_model()
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model.train()
+            with torch.no_grad():
+                self.run(model, self.make_inputs())
+        return model.eval()
 
     # ---- the contract --------------------------------------------------------------------
     def test_identity_at_injection(self):
