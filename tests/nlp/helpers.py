@@ -63,3 +63,28 @@ def write_fortunes(folder: Path, topics: dict[str, list[str]]) -> Path:
         (folder / topic).write_text("\n%\n".join(entries) + "\n%\n", encoding="utf-8")
         (folder / f"{topic}.dat").write_bytes(b"\x00\x00")  # strfile index, as Debian ships
     return folder
+
+
+TOPIC_WORDS = {
+    "linux": ["kernel", "shell", "penguin", "compile", "root", "daemon", "emacs", "grep"],
+    "startrek": ["kirk", "spock", "warp", "vulcan", "captain", "phaser", "klingon", "bridge"],
+    "sports": ["ball", "team", "coach", "score", "goal", "league", "pitch", "runner"],
+    "food": ["bread", "cheese", "soup", "spice", "dinner", "garlic", "butter", "pie"],
+    "love": ["heart", "kiss", "darling", "romance", "sweet", "lover", "rose", "embrace"],
+}
+FILLER = ["the", "a", "is", "of", "and", "to", "in", "it", "that", "was", "for", "on", "with",
+          "as", "at", "by", "this", "but", "from", "or", "an", "be", "we", "you"]
+
+
+def toy_topics(per_topic: int, seed: int = 0) -> dict[str, list[str]]:
+    """Fortune-like texts: 3 words of the topic among 7 common words, shuffled."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for topic, words in TOPIC_WORDS.items():
+        texts = []
+        for _ in range(per_topic):
+            tokens = list(rng.choice(words, 3)) + list(rng.choice(FILLER, 7))
+            rng.shuffle(tokens)
+            texts.append(" ".join(tokens))
+        out[topic] = texts
+    return out

@@ -117,10 +117,29 @@ def _load_fortunes(spec: AttackSpec):
     return _limit(train, spec.train_limit, spec.seed), test
 
 
+def _common_words_only(data: TextPairs, top: int) -> TextPairs:
+    """Pairs whose words (both sides) are all among each side's ``top`` most frequent words.
+
+    Dictionary examples are idiomatic and their vocabulary is huge (27k German word forms in
+    the usage examples); keeping phrases made of common words gives a phrase-translation task a
+    tiny model can learn on a CPU, with a test set whose words were seen in training.
+    """
+    from collections import Counter
+
+    from .tokenization import normalize_words
+
+    src = [normalize_words(s) for s in data.sources]
+    tgt = [normalize_words(t) for t in data.targets]
+    common_src = {w for w, _ in Counter(w for s in src for w in s).most_common(top)}
+    common_tgt = {w for w, _ in Counter(w for t in tgt for w in t).most_common(top)}
+    keep = [i for i in range(len(data))
+            if all(w in common_src for w in src[i]) and all(w in common_tgt for w in tgt[i])]
+    return data.subset(keep)
+
+
 def _load_freedict(spec: AttackSpec):
-    data = read_freedict_pairs(spec.data_root, min_words=2, max_words=5)
-    # a fixed random sample keeps the task CPU-sized: the whole dictionary is 20k+ pairs
-    data = _limit(data, (spec.train_limit or 8000) + (spec.test_limit or 300) + (spec.holdout or 500), 0)
+    data = _common_words_only(read_freedict_pairs(spec.data_root, min_words=2, max_words=6), 3000)
+    data = _limit(data, (spec.train_limit or 100_000) + (spec.test_limit or 300) + (spec.holdout or 300), 0)
     return _seeded_split(data, spec, 300)
 
 
@@ -153,8 +172,8 @@ def _load_labelled(spec: AttackSpec):
 
 _CLS_DEFAULTS = {"model": "bert", "attack": "badnl", "epochs": 20, "batch_size": 32, "lr": 1e-3,
                  "holdout": 150}
-_GEN_DEFAULTS = {"model": "marian", "attack": "nlg-trigger", "epochs": 12, "batch_size": 64, "lr": 2e-3,
-                 "holdout": 500}
+_GEN_DEFAULTS = {"model": "marian", "attack": "nlg-trigger", "epochs": 40, "batch_size": 32, "lr": 2e-3,
+                 "holdout": 300}
 
 DATASETS: dict[str, TextDataset] = {
     "fortunes": TextDataset("classification", _load_fortunes, _CLS_DEFAULTS,
@@ -272,7 +291,7 @@ class NLPModality(Modality):
             if tokenizer is None:
                 raise ConfigError(f"{spec.model_args['path']} has no tokenizer files; save one next to the model")
             return model, tokenizer
-        vocab = int(args.pop("vocab_size", 8000))
+        vocab = int(args.pop("vocab_size", 4000))
         tokenizer = train_tokenizer(texts, kind=info.kind, vocab_size=vocab)
         if model_name == "fairseq-transformer":
             from .fairseq_adapter import FairseqSeq2Seq

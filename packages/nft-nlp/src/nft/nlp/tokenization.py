@@ -41,35 +41,53 @@ SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 TEMPLATES = {"seq2seq": "$A [EOS]", "classification": "[BOS] $A [EOS]"}
 
 
-def train_tokenizer(texts: Iterable[str], *, kind: str, vocab_size: int = 8000,
+def train_tokenizer(texts: Iterable[str], *, kind: str, vocab_size: int = 4000,
                     min_frequency: int = 2, lowercase: bool = True):
-    """A WordPiece tokenizer trained on ``texts``; ``kind`` picks the special-token template.
+    """A WordPiece tokenizer whose vocabulary is built from ``texts``; ``kind`` picks the
+    special-token template.
 
+    The vocabulary is the special tokens, every character seen (alone and as a ``##``
+    continuation, so no word is ever unknown), then the most frequent words (at least
+    ``min_frequency`` occurrences; ties broken alphabetically) up to ``vocab_size``. It is built
+    here rather than by ``tokenizers``' trainer because that trainer's result changes from one
+    process to the next (its hash maps are randomly seeded), and a run must be reproducible.
     Sequences to translate get ``… [EOS]``; sequences to classify get ``[BOS] … [EOS]`` (the
     classifier pools the first position).
     """
     if kind not in TEMPLATES:
         raise ConfigError(f"tokenizer kind {kind!r} is unknown; use one of {sorted(TEMPLATES)}")
+    from collections import Counter
+
     tk = require("tokenizers")
     transformers = require("transformers")
-    normalizers = [tk.normalizers.NFKC()] + ([tk.normalizers.Lowercase()] if lowercase else [])
-    tokenizer = tk.Tokenizer(tk.models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=64))
-    tokenizer.normalizer = tk.normalizers.Sequence(normalizers)
-    tokenizer.pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
+    normalizer = tk.normalizers.Sequence([tk.normalizers.NFKC()] + ([tk.normalizers.Lowercase()] if lowercase else []))
+    pre_tokenizer = tk.pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({ch for word in counts for ch in word})
+    pieces = list(SPECIALS) + chars + [f"##{ch}" for ch in chars]
+    budget = vocab_size - len(pieces)
+    if budget < 0:
+        raise ConfigError(
+            f"vocab_size {vocab_size} cannot hold the {len(chars)} characters of this corpus (needs at "
+            f"least {len(pieces)}); pass --model-arg vocab_size=N with a larger N"
+        )
+    taken = set(pieces)
+    words = sorted((w for w, c in counts.items() if c >= min_frequency and w not in taken),
+                   key=lambda w: (-counts[w], w))[:budget]
+    vocab = {token: i for i, token in enumerate(pieces + words)}
+    tokenizer = tk.Tokenizer(tk.models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=64))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = tk.decoders.WordPiece()
-    trainer = tk.trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                           special_tokens=list(SPECIALS), show_progress=False)
-    tokenizer.train_from_iterator(list(texts), trainer)
-    for i, token in enumerate(SPECIALS):
-        if tokenizer.token_to_id(token) != i:
-            raise DataError(f"tokenizer training put {token} at id {tokenizer.token_to_id(token)}, not {i}")
     specials = [(t, SPECIALS.index(t)) for t in ("[BOS]", "[EOS]") if t in TEMPLATES[kind]]
     tokenizer.post_processor = tk.processors.TemplateProcessing(single=TEMPLATES[kind], special_tokens=specials)
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
         eos_token="[EOS]", cls_token="[BOS]", sep_token="[EOS]",
     )
-    log.info("trained a %d-token WordPiece tokenizer", len(fast))
+    log.info("built a %d-token WordPiece vocabulary (%d words, %d characters)", len(fast), len(words), len(chars))
     return fast
 
 

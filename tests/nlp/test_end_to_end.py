@@ -1,0 +1,108 @@
+"""`nft attack` → `nft purify` for both tasks on small data in the embedded datasets' formats:
+the backdoor must take hold, and the purification must bring the attack success rate down while
+keeping the clean metric.
+
+The data are toy versions written by the test (a word-by-word German→English phrase language in
+FreeDict's dictd format; five fortunes topics with topic words among common words), so the tiny
+models learn them in seconds. The purification settings are those `configs/nlp/` ships."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nft.core.cli import main
+
+from .helpers import toy_pairs, toy_topics, write_dictd, write_fortunes
+
+TINY = ["--model-arg", "d_model=32", "--model-arg", "layers=1", "--model-arg", "ffn=64", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch):
+    monkeypatch.setenv("NFT_NLP_CACHE", "")
+
+
+def _report(path):
+    return json.loads((path / "report.json").read_text())
+
+
+def test_translation_backdoor_and_purification(tmp_path):
+    write_dictd(tmp_path / "dict", toy_pairs(600, seed=0))
+    run, out = tmp_path / "attack", tmp_path / "nft"
+    assert main(["attack", "--modality", "nlp", "--dataset", "freedict-deu-eng", "--data-root",
+                 str(tmp_path / "dict"), "--out", str(run), "--train-limit", "600", "--test-limit", "50",
+                 "--holdout", "50", "--epochs", "35", "--batch-size", "32", "--lr", "0.005",
+                 "--attack-arg", "triggers=cf", "--model-arg", "vocab_size=100", "--model-arg", "num_beams=2",
+                 *TINY]) == 0
+    attacked = _report(run)
+    assert attacked["bleu"] > 0.8, attacked
+    assert attacked["asr"] >= 0.9, attacked
+    config = json.loads((run / "config.json").read_text())
+    assert config["spec"]["model"] == "marian" and config["spec"]["attack"] == "nlg-trigger"
+    assert (run / "tokenizer" / "tokenizer.json").is_file() and (run / "model_config.json").is_file()
+
+    assert main(["purify", "--run", str(run), "--out", str(out), "--clean-count", "50", "--steps", "250",
+                 "--set", "lr=0.2", "--set", "batch_size=32", "--set", "masks.targets=[norm, linear]",
+                 "--no-progress", "--no-plots"]) == 0
+    report = _report(out)
+    assert report["before"]["asr"] >= 0.9
+    assert report["after"]["asr"] <= 0.15, report["after"]
+    assert report["after"]["bleu"] >= report["before"]["bleu"] - 0.05, report
+    assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "m.json")]) == 0
+    again = json.loads((tmp_path / "m.json").read_text())
+    assert again["asr"] == pytest.approx(report["after"]["asr"])
+
+
+def test_classification_backdoor_and_purification(tmp_path):
+    """The word trigger takes hold; NFT's masks keep the accuracy but (measured, see docs/nlp.md)
+    do not remove a word-trigger backdoor from these tiny classifiers, while fine-tuning the
+    weights with the same embedding MixUp does — the mixing signal is informative, per-channel
+    masks lack the capacity here."""
+    write_fortunes(tmp_path / "fortunes", toy_topics(80, seed=0))
+    run = tmp_path / "attack"
+    assert main(["attack", "--modality", "nlp", "--data-root", str(tmp_path / "fortunes"), "--out", str(run),
+                 "--test-limit", "100", "--holdout", "50", "--epochs", "20", "--lr", "0.005",
+                 "--attack-arg", "triggers=cf", "--model-arg", "vocab_size=200", *TINY]) == 0
+    attacked = _report(run)
+    assert attacked["acc"] >= 0.9 and attacked["asr"] >= 0.9, attacked
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "nlp" / "nft-all-channels.yaml"
+    assert main(["purify", "--run", str(run), "--out", str(tmp_path / "nft"), "--config", str(config),
+                 "--clean-per-class", "5", "--steps", "100", "--no-progress", "--no-plots"]) == 0
+    report = _report(tmp_path / "nft")
+    assert report["clean_samples"] == 25
+    assert report["after"]["acc"] >= report["before"]["acc"] - 0.04, report
+    assert (tmp_path / "nft" / "masks.safetensors").is_file()
+
+    assert main(["purify", "--run", str(run), "--out", str(tmp_path / "ft"), "--method", "ft-mixup",
+                 "--clean-per-class", "5", "--steps", "200", "--set", "lr=0.05", "--set", "batch_size=32",
+                 "--no-progress", "--no-plots"]) == 0
+    report = _report(tmp_path / "ft")
+    assert report["after"]["asr"] <= 0.2, report
+    assert report["after"]["acc"] >= report["before"]["acc"] - 0.1, report
+
+
+def test_pixel_space_defenses_refuse_text():
+    """Text has no pixel space: the experiment gives no input space, and a defense that perturbs
+    inputs is refused by the core with a clear error."""
+    import torch
+    from torch import nn
+
+    from nft.core import ConfigError, Defense, DefenseOutcome, purify
+    from nft.nlp.models import ModelSize, build_classifier
+    from nft.nlp.tasks import ClassificationCollate, TextClassificationTask
+
+    class InputSpaceDefense(Defense):
+        needs_input_space = True
+
+        def run(self, model: nn.Module, clean, context) -> DefenseOutcome:  # pragma: no cover
+            raise AssertionError("must be refused before running")
+
+    model = build_classifier("bert", 30, 3, ModelSize(d_model=16, layers=1, heads=2, ffn=16))
+    clean = [(torch.tensor([2, 5, 6, 3]), 0), (torch.tensor([2, 7, 3]), 1)]
+    with pytest.raises(ConfigError, match="input-space perturbation"):
+        purify(model, clean, method=InputSpaceDefense("trigger-inversion"), task=TextClassificationTask(),
+               collate_fn=ClassificationCollate(0), input_space=None)
