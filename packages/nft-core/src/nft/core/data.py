@@ -29,8 +29,11 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
     for attr in ("targets", "labels"):
         value = getattr(dataset, attr, None)
         if value is not None and not callable(value):
-            arr = np.asarray(value.tolist() if isinstance(value, torch.Tensor) else value)
-            if arr.ndim == 1 and len(arr) == len(dataset):
+            try:
+                arr = np.asarray(value.tolist() if isinstance(value, torch.Tensor) else value)
+            except (TypeError, ValueError):
+                continue  # e.g. detection datasets keep box dicts under `targets`
+            if arr.ndim == 1 and len(arr) == len(dataset) and np.issubdtype(arr.dtype, np.integer):
                 return arr.astype(np.int64)
     labels = []
     for i in range(len(dataset)):
@@ -41,7 +44,14 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
                 f"{type(item).__name__}. Wrap it so __getitem__ returns (input, label)"
             )
         label = item[1]
-        labels.append(int(label.item() if isinstance(label, torch.Tensor) else label))
+        if isinstance(label, torch.Tensor) and label.numel() == 1:
+            label = label.item()
+        if not isinstance(label, (int, np.integer)):
+            raise DataError(
+                f"the dataset's targets are {type(label).__name__}, not class labels, so samples "
+                "cannot be chosen per class; choose the clean set by count or fraction instead"
+            )
+        labels.append(int(label))
     return np.asarray(labels, dtype=np.int64)
 
 

@@ -277,6 +277,7 @@ class MaskedModel(nn.Module):
         self._masks = nn.ParameterDict({_key(n): m for n, m in masks.items()})
         self._names = list(masks)
         self._attached = True
+        self.train(model.training)  # the wrapper starts in the wrapped model's mode
 
     # ---- access --------------------------------------------------------------------------
     @property
