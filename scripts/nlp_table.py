@@ -34,6 +34,7 @@ ROWS = {
 DEFENSES = {
     "nft-layernorm": CONFIGS / "nft-layernorm.yaml",
     "nft-all-channels": CONFIGS / "nft-all-channels.yaml",
+    "ft-mixup": CONFIGS / "ft-mixup.yaml",
 }
 
 

@@ -42,6 +42,10 @@ class Backdoor:
 
 @pytest.fixture(scope="session")
 def backdoor() -> Backdoor:
+    return make_backdoor()
+
+
+def make_backdoor() -> Backdoor:
     train = PatternImages(2000, seed=0)
     poison = choose_poison_indices(train.targets.numpy(), rate=0.1, seed=0, mode="all-to-one", target=0)
     poisoned = PoisonedDataset(train, poison, lambda x, y, i: (add_patch(x), 0))
