@@ -27,14 +27,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .augment import Augmentation, MixUp, NoAugmentation, RandomPatterns, mixed_loss
 from .config import DefenseConfig
-from .augment import Augmentation, MixUp, NoAugmentation, mixed_loss
 from .data import SeededBatches, dataset_labels
 from .distributed import average_gradients, rank_device
-from .precision import PRECISIONS, autocast, grad_scaler, to_memory_format
 from .errors import ConfigError, DataError, NonFiniteLossError
 from .masking import MaskConfig, MaskedModel, inject_masks, iter_norm_modules
 from .objective import DepthDecayClamp, L1ToOne, NoClamp
+from .precision import PRECISIONS, autocast, grad_scaler, to_memory_format
 from .tasks import ClassificationTask, Task
 
 __all__ = [
@@ -75,13 +75,26 @@ class PurifyConfig(DefenseConfig):
     ``constant``."""
     mixup_alpha: float = 1.0
     """MixUp's λ ~ Beta(α, α); 0 turns mixing off (the ``nft-no-mixup`` ablation)."""
+    pattern_prob: float = 0.5
+    """Probability, per sample and step, of a random noise box and (independently) of a random
+    noise blend after mixing (:class:`~nft.core.augment.RandomPatterns`); 0 gives the paper's
+    MixUp alone. Applies to inputs with two spatial dimensions (images, clips)."""
+    pattern_max_patch: float = 0.3
+    """Largest noise box side, as a fraction of the shorter spatial side."""
+    pattern_max_alpha: float = 0.3
+    """Largest blend ratio of the noise pattern."""
     reg_weight: float = 0.001
     """Weight of Σ|1 − m|; divided by the clean samples per class when ``reg_per_class``."""
     reg_per_class: bool = True
     clamp_alpha: float = 0.8
-    """Depth-decay floor α·e^(−β·l) of the l-th masked layer; ``clamp=False`` disables it."""
+    """Depth-decay floor α·e^(−β·l) of the l-th masked layer (used when ``clamp`` is on)."""
     clamp_beta: float = 0.5
     clamp: bool = True
+    """The reference code's depth-decay clamp. Its floors fall fast with depth (0.49, 0.29,
+    0.18, …), so on deep networks only the first layers are held, which protects clean accuracy
+    (without it PointNet loses most of it); on a network with only a few normalisation layers
+    every layer is held and a backdoor can survive, and such a modality turns it off through
+    ``Experiment.nft_overrides`` (the synthetic 4-layer CNN does)."""
     norm_stats: str = "freeze"
     """``update``: normalisation layers use batch statistics and update their running
     statistics (``model.train()``, the reference code); ``freeze``: they keep the backdoored
@@ -107,6 +120,11 @@ class PurifyConfig(DefenseConfig):
             (self.norm_stats in NORM_STATS,
              f"norm_stats {self.norm_stats!r} is unknown; use one of {NORM_STATS}"),
             (self.mixup_alpha >= 0, f"mixup_alpha must be ≥ 0, got {self.mixup_alpha}"),
+            (0 <= self.pattern_prob <= 1, f"pattern_prob must be in [0, 1], got {self.pattern_prob}"),
+            (0 < self.pattern_max_patch <= 1,
+             f"pattern_max_patch must be in (0, 1], got {self.pattern_max_patch}"),
+            (0 < self.pattern_max_alpha <= 1,
+             f"pattern_max_alpha must be in (0, 1], got {self.pattern_max_alpha}"),
             (self.reg_weight >= 0, f"reg_weight must be ≥ 0, got {self.reg_weight}"),
             (self.precision in PRECISIONS, f"precision {self.precision!r} is unknown; use one of {PRECISIONS}"),
         ]
@@ -139,7 +157,12 @@ class PurifyConfig(DefenseConfig):
         return sorted({min(self.steps, per_round * (r + 1)) for r in range(self.rounds)})
 
     def augmentation(self) -> Augmentation:
-        return MixUp(self.mixup_alpha) if self.mixup_alpha > 0 else NoAugmentation()
+        """MixUp (or nothing, when ``mixup_alpha`` is 0), then random patterns when enabled."""
+        base = MixUp(self.mixup_alpha) if self.mixup_alpha > 0 else NoAugmentation()
+        if self.pattern_prob == 0:
+            return base
+        return RandomPatterns(base, patch_prob=self.pattern_prob, max_patch=self.pattern_max_patch,
+                              blend_prob=self.pattern_prob, max_alpha=self.pattern_max_alpha)
 
     def constraint(self):
         return DepthDecayClamp(self.clamp_alpha, self.clamp_beta) if self.clamp else NoClamp()
@@ -147,13 +170,15 @@ class PurifyConfig(DefenseConfig):
 
 # The reference code's exact settings (nazmul-karim170/NFT, src/Remove_Backdoor.py): BN in
 # train mode, round-cosine 0.05 -> 0.02 over 5 rounds of 200 steps, batch 128, stem BN left plain.
-_REFERENCE = PurifyConfig(norm_stats="update", masks=MaskConfig(skip_first_norm=True))
+_REFERENCE = PurifyConfig(norm_stats="update", pattern_prob=0.0,
+                          masks=MaskConfig(skip_first_norm=True))
 
 PRESETS: dict[str, PurifyConfig] = {
     "nft": PurifyConfig(),
     "nft-reference": _REFERENCE,
     "nft-no-mixup": PurifyConfig(mixup_alpha=0.0),
     "nft-no-reg": PurifyConfig(reg_weight=0.0),
+    "nft-no-patterns": PurifyConfig(pattern_prob=0.0),
 }
 
 

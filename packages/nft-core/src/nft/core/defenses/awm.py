@@ -139,7 +139,7 @@ class AWM(Defense):
                     pbar.update(1)
                 history.append({"round": r + 1, "loss": float(loss.detach()),
                                 "loss_triggered": float(loss_rob.detach()),
-                                "mask_mean": float(sum(m.sum() for m in mask_list)
+                                "mask_mean": float(sum(m.detach().sum() for m in mask_list)
                                                    / sum(m.numel() for m in mask_list))})
         with torch.no_grad():
             for n, module in layers:
