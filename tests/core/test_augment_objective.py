@@ -10,7 +10,8 @@ from torch import nn
 from nft.core import (
     ClassificationTask, ConfigError, DepthDecayClamp, L1ToOne, MixUp, NoAugmentation, mixed_loss,
 )
-from nft.core.augment import Mixed
+from nft.core import PurifyConfig
+from nft.core.augment import Mixed, RandomPatterns
 from nft.core.testing import AugmentationContract
 
 from .toy_models import CNNBatchNorm
@@ -26,6 +27,59 @@ class TestMixUpContract(AugmentationContract):
 
 class TestNoAugmentationContract(TestMixUpContract):
     def make_augmentation(self): return NoAugmentation()
+
+
+class TestRandomPatternsContract(TestMixUpContract):
+    def make_augmentation(self): return RandomPatterns(MixUp(1.0), patch_prob=1.0, blend_prob=1.0)
+
+
+def test_random_patterns_keep_the_base_targets_and_draw_inside_each_sample_range():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(16, 3, 12, 12, generator=g) * 4 - 1          # normalised-looking values in [-1, 3]
+    y = torch.arange(16) % 4
+    base = _mix(NoAugmentation(), x, y)
+    patterned = _mix(RandomPatterns(NoAugmentation(), patch_prob=1.0, blend_prob=0.0, max_patch=0.5), x, y)
+    assert len(patterned.targets) == len(base.targets) and all(
+        torch.equal(a, b) and wa == wb for (a, wa), (b, wb) in zip(patterned.targets, base.targets))
+    changed = (patterned.inputs != x).flatten(1).any(1)
+    assert bool(changed.all()), "patch_prob=1 stamps a box on every sample"
+    lo, hi = x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))
+    out = patterned.inputs
+    assert bool((out.amin(dim=(1, 2, 3)) >= lo - 1e-6).all() and (out.amax(dim=(1, 2, 3)) <= hi + 1e-6).all())
+    # a box covers at most max_patch of the side, squared
+    assert int(((out != x).any(1)).flatten(1).sum(1).max()) <= 6 * 6
+
+
+def test_random_patterns_are_seeded_and_off_at_zero_probability():
+    x, y = torch.rand(8, 1, 10, 10), torch.arange(8) % 2
+    aug = RandomPatterns(MixUp(1.0))
+    assert torch.equal(_mix(aug, x, y, seed=3).inputs, _mix(aug, x, y, seed=3).inputs)
+    assert not torch.equal(_mix(aug, x, y, seed=3).inputs, _mix(aug, x, y, seed=4).inputs)
+    off = RandomPatterns(MixUp(1.0), patch_prob=0.0, blend_prob=0.0)
+    assert torch.equal(_mix(off, x, y, seed=3).inputs, _mix(MixUp(1.0), x, y, seed=3).inputs)
+
+
+def test_random_patterns_leave_non_spatial_inputs_to_the_base_with_one_warning(caplog):
+    x, y = torch.rand(8, 5), torch.arange(8) % 2
+    aug = RandomPatterns(NoAugmentation(), patch_prob=1.0, blend_prob=1.0)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(_mix(aug, x, y).inputs, x)
+        _mix(aug, x, y)
+    assert sum("only mixed" in r.message for r in caplog.records) == 1
+
+
+def test_random_patterns_refuse_probabilities_outside_the_unit_interval():
+    with pytest.raises(ConfigError, match="patch_prob"):
+        RandomPatterns(patch_prob=1.5)
+    with pytest.raises(ConfigError, match="pattern_prob"):
+        PurifyConfig(pattern_prob=-0.1)
+
+
+def test_the_config_builds_mixup_then_patterns_and_the_reference_has_none():
+    assert repr(PurifyConfig().augmentation()).startswith("RandomPatterns(base=MixUp(alpha=1.0)")
+    assert repr(PurifyConfig(pattern_prob=0).augmentation()) == "MixUp(alpha=1.0)"
+    assert repr(PurifyConfig.preset("nft-reference").augmentation()) == "MixUp(alpha=1.0)"
+    assert repr(PurifyConfig.preset("nft-no-mixup").augmentation()).startswith("RandomPatterns(base=NoAugmentation()")
 
 
 def _mix(aug, x, y, seed=0):

@@ -27,7 +27,7 @@ def badnets_run(tmp_path_factory, video_cache):
     run = tmp_path_factory.mktemp("video-e2e") / "badnets"
     code = main(["attack", "--modality", "video", "--out", str(run), "--epochs", str(TRAIN["epochs"]),
                  "--holdout", str(TRAIN["holdout"]), "--batch-size", str(TRAIN["batch_size"]),
-                 "--poison-rate", "0.3", *_model_args(), "--no-progress"])
+                 "--poison-rate", "0.3", "--attack-arg", "patch_size=6", *_model_args(), "--no-progress"])
     assert code == 0
     return run
 

@@ -17,7 +17,7 @@ def test_nft_removes_badnets(tmp_path):
         progress=False, device="cpu"))
     with RunFolder(tmp_path / "run") as run:
         backdoored = modality.train_backdoor(spec, run)
-    assert backdoored["asr"] > 0.95 and backdoored["acc"] > 0.82
+    assert backdoored["asr"] > 0.9 and backdoored["acc"] > 0.82
 
     experiment = modality.load_experiment(tmp_path / "run", device="cpu")
     clean = select_clean_subset(experiment.defender_pool, per_class=10, seed=0,

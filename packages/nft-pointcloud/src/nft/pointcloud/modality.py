@@ -251,6 +251,9 @@ class PointCloudModality(Modality):
             evaluate=lambda m: evaluate_pointcloud(m, test, triggered, device=device),
             augmentation=PointMix(),
             mask_config=DEFAULT_MASKS,
+            # the regulariser weight of docs/pointcloud.md's table: with the core's 0.001, PointNet
+            # masks drift on 50 clean clouds and accuracy drops by about 10 points
+            nft_overrides={"reg_weight": 0.02},
             input_space=InputSpace(shape=(train.num_points, 3), lower=-1.0, upper=1.0),
             primary_metric="acc",
             spec={**spec.to_dict(), "trigger": json.loads((run_dir / "trigger.json").read_text())
