@@ -1,38 +1,60 @@
-"""NFT removes a BadNets backdoor from a small converged PreActResNet-18 on Fashion-MNIST."""
+"""NFT, as `nft purify` runs it, removes a BadNets backdoor from a CNN trained on Fashion-MNIST.
+
+The model is the vision package's small CNN (three conv-BN layers), trained 15 epochs on 4,000
+images until its clean accuracy levels off: a converged PreActResNet-18 takes far longer than a
+test may (benchmarks/results/ablation.md has those runs). Measured when written (2 CPU threads):
+backdoored ACC 86.2 % / ASR 100 %; after NFT (500 steps, 10 images per class, the modality's
+shallow-model setting of no depth clamp) ACC 79.9 % / ASR 14.0 %; without random patterns the
+backdoor stays at 100 %.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
-from nft.core import AttackSpec, PurifyConfig, RunFolder, purify, select_clean_subset
+from nft.core import AttackSpec, purify, select_clean_subset
+from nft.core.runs import defense_config, make_attack_run
 from nft.vision import modality
 
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
-def test_nft_removes_badnets(tmp_path):
-    spec = modality.resolve(AttackSpec(
-        dataset="fashion-mnist", model="preactresnet18", model_args={"width": 8}, attack="badnets",
-        epochs=10, batch_size=64, lr=0.05, holdout=1000, train_limit=5000, test_limit=1000,
-        progress=False, device="cpu"))
-    with RunFolder(tmp_path / "run") as run:
-        backdoored = modality.train_backdoor(spec, run)
-    assert backdoored["asr"] > 0.9 and backdoored["acc"] > 0.82
 
-    experiment = modality.load_experiment(tmp_path / "run", device="cpu")
-    clean = select_clean_subset(experiment.defender_pool, per_class=10, seed=0,
-                                labels=experiment.pool_labels)
-    # The shipped NFT recipe (MixUp, regulariser, depth clamp, frozen BN statistics) with the
-    # modality's masks; fewer steps than the default to stay within the test budget.
-    config = PurifyConfig(steps=300, progress=False, device="cpu", masks=experiment.mask_config)
+@pytest.fixture(scope="module")
+def badnets(tmp_path_factory):
+    run = tmp_path_factory.mktemp("vision-nft") / "run"
+    metrics, _ = make_attack_run(modality, AttackSpec(
+        dataset="fashion-mnist", model="small-cnn", attack="badnets", epochs=15, batch_size=64, lr=0.05,
+        holdout=1000, train_limit=5000, test_limit=1000, progress=False, device="cpu"), run)
+    experiment = modality.load_experiment(run, device="cpu")
+    clean = select_clean_subset(experiment.defender_pool, per_class=10, seed=0, labels=experiment.pool_labels)
+    return metrics, experiment, clean
+
+
+def _nft(experiment, clean, **changes):
+    config = dataclasses.replace(defense_config("nft", experiment), progress=False, device="cpu", **changes)
     torch.manual_seed(0)
-    result = purify(experiment.model, clean, config, task=experiment.task,
-                    input_space=experiment.input_space)
-    after = experiment.evaluate(result.model)
-    print("before", backdoored, "after", after)
-    assert len(result.masks) == 16
-    # Measured: ACC 0.829 -> 0.769, ASR 0.948 -> 0.362 (docs/vision.md). A model this small and
-    # briefly trained is purified less cleanly than a converged one, and 300 steps is under a third
-    # of the default; the test checks that the backdoor is more than halved at a bounded cost.
-    assert after["asr"] <= 0.5 * backdoored["asr"], (backdoored, after)
-    assert after["acc"] >= backdoored["acc"] - 0.10, (backdoored, after)
+    result = purify(experiment.model, clean, config, task=experiment.task, input_space=experiment.input_space)
+    return result, experiment.evaluate(result.model)
+
+
+def test_the_backdoor_takes_hold(badnets):
+    metrics, experiment, _ = badnets
+    assert metrics["asr"] >= 0.95 and metrics["acc"] >= 0.82, metrics
+    assert defense_config("nft", experiment).clamp is False  # the small CNN's recommended setting
+
+
+def test_nft_removes_badnets(badnets):
+    before, experiment, clean = badnets
+    result, after = _nft(experiment, clean)
+    assert len(result.masks) == 3 and result.config.steps == 500
+    assert after["asr"] <= 0.30, (before, after)
+    assert after["acc"] >= before["acc"] - 0.10, (before, after)
+
+
+def test_without_random_patterns_the_backdoor_stays(badnets):
+    before, experiment, clean = badnets
+    _, after = _nft(experiment, clean, pattern_prob=0.0, steps=300)
+    assert after["asr"] >= 0.9, (before, after)

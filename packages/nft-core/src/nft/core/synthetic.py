@@ -154,9 +154,9 @@ class SyntheticModality(Modality):
             evaluate=lambda m: evaluate_classification(m, test, triggered, device=device),
             input_space=InputSpace(shape=(1, 16, 16)),
             # SmallCNN has 4 normalisation layers, so the depth clamp would hold all of them at
-            # floors 0.49…0.11 and the patch backdoor survives (ASR 85 % vs 4 % without it,
-            # benchmarks/results/ablation.md)
-            nft_overrides={"clamp": False},
+            # floors 0.49…0.11 and the patch backdoor survives (ASR 85 % with it, 4 % without);
+            # 1000 steps, as the reference, because 500 left 21 % (benchmarks/results/ablation.md)
+            nft_overrides={"clamp": False, "steps": 1000},
             spec=spec.to_dict(),
         )
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nft.core import ConfigError, Mixed, MixUp
-from nft.core.augment import permute_batch
+from nft.core.augment import RandomPatterns, permute_batch
 
 __all__ = ["AUGMENTATIONS", "CutMix", "MixUp"]
 
@@ -56,4 +56,7 @@ class CutMix:
         return f"CutMix(alpha={self.alpha})"
 
 
-AUGMENTATIONS = {"mixup": MixUp, "cutmix": CutMix}
+AUGMENTATIONS = {"mixup": MixUp, "cutmix": CutMix, "random-patterns": RandomPatterns}
+"""By name for ``--augmentation``: ``mixup`` and ``cutmix`` alone (the paper's mixing), or
+``random-patterns`` (MixUp then random noise boxes and overlays, what the shipped ``nft`` uses when
+no augmentation is named)."""
