@@ -1,6 +1,6 @@
 """NFT, as `nft purify` runs it, removes a BadNets backdoor from a CNN trained on Fashion-MNIST.
 
-The model is the vision package's small CNN (three conv-BN layers), trained 15 epochs on 4,000
+The model is the vision package's small CNN (three conv-BN layers), trained 15 epochs on 5,000
 images until its clean accuracy levels off: a converged PreActResNet-18 takes far longer than a
 test may (benchmarks/results/ablation.md has those runs). Measured when written (2 CPU threads):
 backdoored ACC 86.2 % / ASR 100 %; after NFT (500 steps, 10 images per class, the modality's

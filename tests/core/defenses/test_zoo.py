@@ -31,7 +31,7 @@ CASES = {
     "anp": (ANPConfig(steps=60, batch_size=64, **QUIET), "prune"),
     "rnp": (RNPConfig(**QUIET), "prune"),  # official defaults: 1 batch per epoch on 100 images
     "i-bau": (IBAUConfig(rounds=2, steps_per_round=25, batch_size=64, **QUIET), "weights"),
-    "awm": (AWMConfig(rounds=10, steps_per_round=10, batch_size=64, **QUIET), "conv"),
+    "awm": (AWMConfig(rounds=10, steps_per_round=20, batch_size=64, **QUIET), "conv"),
     "ft-sam": (FTSAMConfig(steps=150, lr=0.05, batch_size=64, **QUIET), "train"),
     "fst": (FSTConfig(**QUIET), "train"),  # official defaults: 80 steps
     "nad": (NADConfig(steps=150, warm_steps=20, teacher_steps=50, teacher_batch_size=64, **QUIET), "train"),
