@@ -93,6 +93,7 @@ def test_reference_preset_is_the_reference_code():
     assert (ref.steps, ref.rounds, ref.batch_size, ref.lr, ref.momentum, ref.lr_min) == (
         1000, 5, 128, 0.05, 0.95, 0.02)
     assert ref.norm_stats == "update" and ref.mixup_alpha == 1.0 and ref.reg_weight == 0.001
+    assert ref.pattern_prob == 0 and ref.clamp  # MixUp alone, as the paper
     assert (ref.clamp_alpha, ref.clamp_beta) == (0.8, 0.5) and ref.masks.skip_first_norm
     assert [round(ref.lr_at(s), 4) for s in (0, 200, 400, 600, 800, 999)] == [
         0.05, 0.0471, 0.0396, 0.0304, 0.0229, 0.0229]

@@ -96,7 +96,7 @@ class PurifyConfig(DefenseConfig):
     0.18, …), so on deep networks only the first layers are held, which protects clean accuracy
     (without it PointNet loses most of it); on a network with only a few normalisation layers
     every layer is held and a backdoor can survive, and such a modality turns it off through
-    ``Experiment.nft_overrides`` (the synthetic 4-layer CNN does)."""
+    ``Experiment.nft_overrides`` (the synthetic CNN and the vision ``small-cnn`` do)."""
     norm_stats: str = "freeze"
     """``update``: normalisation layers use batch statistics and update their running
     statistics (``model.train()``, the reference code); ``freeze``: they keep the backdoored
