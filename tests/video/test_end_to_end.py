@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -18,35 +21,60 @@ TINY = {**SMALL, "width": 8}
 TRAIN = {"epochs": 10, "holdout": 40, "batch_size": 16}
 
 
-def _model_args():
-    return [arg for k, v in TINY.items() for arg in ("--model-arg", f"{k}={v}")]
+@pytest.fixture(scope="module")
+def video_cache(tmp_path_factory):
+    """A cache of this module's own: what other video tests generated earlier in the session
+    must not change the runs here (with the shared cache, results depended on test order)."""
+    folder = tmp_path_factory.mktemp("nft-cache-e2e")
+    old = os.environ.get("NFT_CACHE_DIR")
+    os.environ["NFT_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("NFT_CACHE_DIR", None)
+    else:
+        os.environ["NFT_CACHE_DIR"] = old
+
+
+def _nft(*args: str) -> None:
+    """Run ``nft ARGS`` in a fresh one-thread process, as a user would.
+
+    In-process, these small video runs came out differently depending on which tests ran
+    before them in the same interpreter (ASR 0.74–0.98 for the same spec); a fresh process
+    gives the same numbers every time."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "nft.core.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _model_args(model_args=None):
+    return [arg for k, v in (model_args or TINY).items() for arg in ("--model-arg", f"{k}={v}")]
 
 
 @pytest.fixture(scope="module")
-def badnets_run(tmp_path_factory, video_cache):
-    run = tmp_path_factory.mktemp("video-e2e") / "badnets"
-    code = main(["attack", "--modality", "video", "--out", str(run), "--epochs", str(TRAIN["epochs"]),
-                 "--holdout", str(TRAIN["holdout"]), "--batch-size", str(TRAIN["batch_size"]),
-                 "--poison-rate", "0.3", "--attack-arg", "patch_size=6", *_model_args(), "--no-progress"])
-    assert code == 0
+def blend_run(tmp_path_factory, video_cache):
+    run = tmp_path_factory.mktemp("video-e2e") / "blend"
+    _nft("attack", "--modality", "video", "--attack", "blend", "--out", str(run),
+         "--epochs", str(TRAIN["epochs"]), "--holdout", str(TRAIN["holdout"]),
+         "--batch-size", str(TRAIN["batch_size"]), "--poison-rate", "0.3", *_model_args(), "--no-progress")
     return run
 
 
-def test_badnets_takes_hold(badnets_run):
-    report = json.loads((badnets_run / "report.json").read_text())
-    assert report["attack"] == "badnets" and report["dataset"] == "motion"
+def test_blend_takes_hold_through_the_command(blend_run):
+    report = json.loads((blend_run / "report.json").read_text())
+    assert report["attack"] == "blend" and report["dataset"] == "motion"
     assert report["asr"] >= 0.85
     assert report["acc"] >= 0.45  # far above chance (0.25): the model also learned the motions
     assert {"video_acc", "video_asr", "ra"} <= set(report)
-    assert (badnets_run / "trigger.safetensors").is_file() and (badnets_run / "video.json").is_file()
+    assert (blend_run / "trigger.safetensors").is_file() and (blend_run / "video.json").is_file()
 
 
-def test_nft_purify_removes_the_backdoor(badnets_run, tmp_path):
+def test_nft_purify_removes_the_backdoor(blend_run, tmp_path):
+    """Measured in a fresh process: ACC 90.0 → 84.4 %, ASR 94.1 → 10.4 % (150 steps of 16 clips,
+    the core's learning rate; 0.2 took ACC to 51.7 %)."""
     out = tmp_path / "purified"
-    code = main(["purify", "--run", str(badnets_run), "--out", str(out), "--clean-per-class", "5",
-                 "--steps", "150", "--set", "batch_size=16", "--set", "lr=0.2", "--no-progress",
-                 "--no-plots"])
-    assert code == 0
+    _nft("purify", "--run", str(blend_run), "--out", str(out), "--clean-per-class", "5",
+         "--steps", "150", "--set", "batch_size=16", "--no-progress", "--no-plots")
     report = json.loads((out / "report.json").read_text())
     before, after = report["before"], report["after"]
     assert report["clean_samples"] == 20
@@ -67,14 +95,23 @@ def _train(tmp_path, attack: str, model_args=None, **fields):
     return metrics, json.loads((tmp_path / attack / "video.json").read_text())
 
 
-def test_blend_takes_hold(tmp_path, video_cache):
-    metrics, _ = _train(tmp_path, "blend", poison_rate=0.3)
-    assert metrics["asr"] >= 0.8 and metrics["acc"] >= 0.45
+def _attack(tmp_path, attack: str, *options: str, model_args=None):
+    """``nft attack`` in a fresh process; returns its report and the run's video.json."""
+    run = tmp_path / attack
+    _nft("attack", "--modality", "video", "--attack", attack, "--out", str(run),
+         "--epochs", str(TRAIN["epochs"]), "--holdout", str(TRAIN["holdout"]),
+         "--batch-size", str(TRAIN["batch_size"]), *options, *_model_args(model_args), "--no-progress")
+    return json.loads((run / "report.json").read_text()), json.loads((run / "video.json").read_text())
+
+
+def test_badnets_takes_hold(tmp_path, video_cache):
+    metrics, _ = _attack(tmp_path, "badnets", "--poison-rate", "0.3", "--attack-arg", "patch_size=6")
+    assert metrics["asr"] >= 0.85 and metrics["acc"] >= 0.45
 
 
 def test_clean_label_takes_hold_without_changing_labels(tmp_path, video_cache):
-    metrics, info = _train(tmp_path, "clean-label", poison_rate=1.0, model_args={**TINY, "width": 4},
-                           attack_args={"patch_size": 8, "trigger_steps": 30})
+    metrics, info = _attack(tmp_path, "clean-label", "--poison-rate", "1.0", "--attack-arg", "patch_size=8",
+                            "--attack-arg", "trigger_steps=60", model_args={**TINY, "width": 4})
     assert info["poisoned"] > 0
     # the backdoored model follows the trigger far more than the clean model it was learned on
     assert metrics["asr"] >= info["clean_model_asr"] + 0.2
