@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from nft.core import AttackSpec, RunFolder
 from nft.core.cli import main
 from nft.core.io import write_json
