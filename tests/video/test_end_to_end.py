@@ -20,26 +20,10 @@ TINY = {**SMALL, "width": 8}
 TRAIN = {"epochs": 10, "holdout": 40, "batch_size": 16}
 
 
-@pytest.fixture(scope="module")
-def video_cache(tmp_path_factory):
-    """A cache of this module's own: what other video tests generated earlier in the session
-    must not change the runs here (with the shared cache, results depended on test order)."""
-    folder = tmp_path_factory.mktemp("nft-cache-e2e")
-    old = os.environ.get("NFT_CACHE_DIR")
-    os.environ["NFT_CACHE_DIR"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("NFT_CACHE_DIR", None)
-    else:
-        os.environ["NFT_CACHE_DIR"] = old
-
-
 def _nft(*args: str) -> None:
-    """Run ``nft ARGS`` in a fresh one-thread process, as a user would.
-
-    In-process, these small video runs came out differently depending on which tests ran
-    before them in the same interpreter (ASR 0.74–0.98 for the same spec); a fresh process
-    gives the same numbers every time."""
+    """Run ``nft ARGS`` in a fresh one-thread process, as a user would: in-process, these runs
+    also inherited whatever state earlier tests left in the interpreter. (CPU video training is
+    still not bitwise reproducible from run to run; the bounds below cover the measured spread.)"""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "nft.core.cli", *args], capture_output=True,
                           text=True, env=env, timeout=900)
