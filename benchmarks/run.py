@@ -91,12 +91,14 @@ class _AsrEvery:
 
 
 def defense_times(experiment, clean, names) -> list[dict]:
-    from nft.core import DEFENSES, defense_effectiveness_rating, purify
+    from nft.core import defense_effectiveness_rating, purify
+    from nft.core.runs import defense_config
 
     before = experiment.evaluate(experiment.model)
     rows = []
     for name in names:
-        config = DEFENSES.get(name)(None).config.replace(progress=False)
+        # as `nft purify` runs it: the defense's defaults with the modality's masks and NFT settings
+        config = defense_config(name, experiment).replace(progress=False)
         callbacks = ()
         if name == "nft":
             tracker = _AsrEvery(experiment, 50, time.perf_counter())

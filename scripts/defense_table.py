@@ -89,22 +89,24 @@ def overrides_by_defense(items: list[str]) -> dict[str, dict]:
     return out
 
 
-def defense_config(name: str, scale: float, extra: dict, seed: int, device, progress: bool):
-    from nft.core import DEFENSES
-    from nft.core.config import config_from_dict, config_to_dict
+def defense_config(name: str, experiment, scale: float, extra: dict, seed: int, device, progress: bool):
+    """The configuration ``nft purify`` would run ``name`` with on ``experiment`` (the defense's
+    defaults, the modality's masks and NFT settings, then ``extra``), its step counts × ``scale``."""
+    from nft.core.config import config_to_dict
+    from nft.core.runs import defense_config as purify_config
 
-    config = DEFENSES.get(name)(None).config
+    config = purify_config(name, experiment, extra)
     values = config_to_dict(config)
+    changes = {}
     for field in STEP_FIELDS.get(name, ("steps",) if "steps" in values else ()):
-        if scale != 1.0 and field in values:
-            values[field] = max(1, int(round(values[field] * scale)))
+        if scale != 1.0 and field in values and field not in extra:  # an explicit value is kept
+            changes[field] = max(1, int(round(values[field] * scale)))
     if "rounds" in values and "steps" in values and name.startswith("nft"):
-        values["rounds"] = min(values["rounds"], values["steps"])
-    values.update(extra)
-    values.update(seed=seed, progress=progress)
+        changes["rounds"] = min(values["rounds"], changes.get("steps", values["steps"]))
+    changes.update(seed=seed, progress=progress)
     if device:
-        values["device"] = device
-    return config_from_dict(type(config), values)
+        changes["device"] = device
+    return config.replace(**changes)
 
 
 def select(experiment, spec: dict, kind: str, value: float, seed: int, train_size: int | None):
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
                 if cell_file.is_file() and not args.recompute:
                     table["cells"][key] = read_json(cell_file)
                     continue
-                cfg = defense_config(name, args.scale, extra.get(name, {}), args.seed, args.device,
+                cfg = defense_config(name, experiment, args.scale, extra.get(name, {}), args.seed, args.device,
                                      args.progress)
                 logging.info("%s | %s | %s: %d clean samples", attack, label, name, len(clean))
                 cell = run_cell(run, experiment, spec, name, cfg, clean, before)

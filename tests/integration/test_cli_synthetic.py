@@ -88,3 +88,29 @@ def test_console_script_help_and_list():
         assert "usage: nft" in done.stdout
     listing = subprocess.run([str(exe), "list"], capture_output=True, text=True, check=True).stdout
     assert "synthetic:" in listing and "small-cnn" in listing and "nft-reference" in listing
+
+
+def test_defense_table_runs_defenses_as_nft_purify_does_and_resumes(attack_run, tmp_path):
+    """scripts/defense_table.py: the modality's NFT settings apply (synthetic turns the clamp off and
+    runs 1000 steps), --scale multiplies them, an explicit --set wins, and a second invocation reuses
+    every finished cell instead of recomputing it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        import defense_table
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "table"
+    argv = [str(attack_run), "--out", str(out), "--defenses", "nft,ft", "--budgets", "per-class=5",
+            "--scale", "0.04", "--set", "ft.steps=7", "--set", "nft.batch_size=32"]
+    assert defense_table.main(argv) == 0
+    cells = {p.name.split("__")[-1]: p for p in (out / "cells").iterdir()}
+    assert sorted(cells) == ["before.json", "ft.json", "nft.json"]  # before: the undefended metrics
+    nft, ft = (json.loads(cells[f"{name}.json"].read_text()) for name in ("nft", "ft"))
+    assert nft["config"]["clamp"] is False and nft["config"]["steps"] == 40  # 1000 × 0.04
+    assert nft["config"]["batch_size"] == 32 and ft["config"]["steps"] == 7
+    assert nft["clean_samples"] == 50 and 0 <= nft["after"]["asr"] <= 1
+    stamps = {name: p.stat().st_mtime_ns for name, p in cells.items()}
+    assert defense_table.main(argv) == 0
+    assert {p.name.split("__")[-1]: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
+    table = (out / "table.md").read_text()
+    assert "| nft |" in table and "| ft |" in table and "not run" not in table
