@@ -40,6 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=15, help="enough for clean accuracy to level off")
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--test-limit", type=int, default=2000)
+    p.add_argument("--run", help="time the defenses on this attack run instead of training one")
     p.add_argument("--defenses", nargs="*", default=None, help="defenses to time (default: all registered)")
     p.add_argument("--out", default=str(RESULTS))
     return p.parse_args(argv)
@@ -48,6 +49,8 @@ def parse_args(argv=None):
 def backdoored_run(args) -> Path:
     from nft.core.cli import main as nft
 
+    if args.run:
+        return Path(args.run)
     run = Path(args.work) / "badnets"
     if not (run / "config.json").is_file():
         code = nft(["attack", "--modality", "vision", "--attack", "badnets", "--model", "preactresnet18",

@@ -46,6 +46,9 @@ def test_only_masks_change_and_gamma_is_scaled_by_the_mask():
     for key, value in before.items():
         if key in ("net.1.weight", "net.4.weight"):
             torch.testing.assert_close(after[key], value * result.masks[key[: -len(".weight")]])
+        elif key == "net.8.bias":  # the output bias, re-fitted after folding (test_calibrate.py)
+            shift = torch.tensor(result.info["bias_calibration"]["shift"])
+            torch.testing.assert_close(after[key] - value, shift, atol=1e-4, rtol=0)
         else:
             assert torch.equal(after[key], value), f"{key} changed"
     assert torch.equal(model.state_dict()["net.1.weight"], before["net.1.weight"])  # input untouched
@@ -95,6 +98,7 @@ def test_reference_preset_is_the_reference_code():
     assert ref.norm_stats == "update" and ref.mixup_alpha == 1.0 and ref.reg_weight == 0.001
     assert ref.pattern_prob == 0 and ref.clamp  # MixUp alone, as the paper
     assert (ref.clamp_alpha, ref.clamp_beta) == (0.8, 0.5) and ref.masks.skip_first_norm
+    assert not ref.calibrate_bias  # the reference folds the masks and stops
     assert [round(ref.lr_at(s), 4) for s in (0, 200, 400, 600, 800, 999)] == [
         0.05, 0.0471, 0.0396, 0.0304, 0.0229, 0.0229]
 

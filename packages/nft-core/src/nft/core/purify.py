@@ -97,6 +97,11 @@ class PurifyConfig(DefenseConfig):
     (without it PointNet loses most of it); on a network with only a few normalisation layers
     every layer is held and a backdoor can survive, and such a modality turns it off through
     ``Experiment.nft_overrides`` (the synthetic CNN and the vision ``small-cnn`` do)."""
+    calibrate_bias: bool = True
+    """After folding, re-fit the output layer's bias (one number per class) on the clean set
+    (:func:`~nft.core.calibrate.calibrate_output_bias`): masking lowers some classes' scores
+    across the board, and a bias cannot hold a trigger. Classification only; off in the
+    reference preset."""
     norm_stats: str = "freeze"
     """``update``: normalisation layers use batch statistics and update their running
     statistics (``model.train()``, the reference code); ``freeze``: they keep the backdoored
@@ -173,7 +178,7 @@ class PurifyConfig(DefenseConfig):
 # The reference code's exact settings (nazmul-karim170/NFT, src/Remove_Backdoor.py): BN in
 # train mode, round-cosine 0.05 -> 0.02 over 5 rounds of 200 steps, batch 128, stem BN left plain.
 _REFERENCE = PurifyConfig(steps=1000, norm_stats="update", pattern_prob=0.0,
-                          masks=MaskConfig(skip_first_norm=True))
+                          calibrate_bias=False, masks=MaskConfig(skip_first_norm=True))
 
 PRESETS: dict[str, PurifyConfig] = {
     "nft": PurifyConfig(),

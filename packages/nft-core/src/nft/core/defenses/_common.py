@@ -317,10 +317,12 @@ def _probe(model: nn.Module, task: Task, inputs: Any, modules: dict[str, nn.Modu
     return outputs, order
 
 
-def find_head(model: nn.Module, task: Task, inputs: Any, name: str | None = None) -> tuple[str, nn.Linear]:
+def find_head(model: nn.Module, task: Task, inputs: Any, name: str | None = None,
+              user: str = "FST") -> tuple[str, nn.Linear]:
     """The model's final linear layer: the ``nn.Linear`` whose output is the model's output.
 
-    FST re-initialises this layer. Found by one forward pass with hooks on every ``nn.Linear``:
+    FST re-initialises this layer and NFT re-fits its bias (``user`` names the caller in
+    messages). Found by one forward pass with hooks on every ``nn.Linear``:
     the layer whose output *is* (or equals) the logits; failing that, the last linear layer called
     whose width equals the number of logits. ``name`` picks it explicitly.
     """
@@ -337,9 +339,9 @@ def find_head(model: nn.Module, task: Task, inputs: Any, name: str | None = None
     linears = {n: m for n, m in modules.items() if isinstance(m, nn.Linear)}
     if not linears:
         raise ConfigError(
-            f"FST re-initialises the model's final linear classification layer, and "
-            f"{type(model).__name__} has no nn.Linear; this defense does not apply to it "
-            "(choose ft-sam, nad or nft)"
+            f"{user} needs the model's final linear classification layer, and "
+            f"{type(model).__name__} has no nn.Linear; this step does not apply to it"
+            + (" (choose ft-sam, nad or nft)" if user == "FST" else "")
         )
     outputs, order = _probe(model, task, inputs, linears)
     logits = tensor_outputs(outputs)
@@ -349,10 +351,10 @@ def find_head(model: nn.Module, task: Task, inputs: Any, name: str | None = None
             return layer, linears[layer]
     for layer, out in reversed(order):
         if isinstance(out, torch.Tensor) and out.shape[-1] == logits.shape[-1]:
-            log.warning("FST: no linear layer outputs the logits exactly; using %s", layer)
+            log.warning("%s: no linear layer outputs the logits exactly; using %s", user, layer)
             return layer, linears[layer]
     raise ConfigError(
-        f"FST could not find the final linear layer of {type(model).__name__}: no nn.Linear "
+        f"{user} could not find the final linear layer of {type(model).__name__}: no nn.Linear "
         f"outputs {logits.shape[-1]} logits. Name it with head=<module name> "
         f"(linear layers: {', '.join(list(linears)[-10:])})"
     )

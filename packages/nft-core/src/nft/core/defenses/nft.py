@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..calibrate import calibrate_output_bias
 from ..purify import PRESETS, Purifier, PurifyConfig
 from .base import DEFENSES, Defense, DefenseContext, DefenseOutcome
 
@@ -12,7 +13,8 @@ __all__ = ["NFTDefense"]
 
 
 class NFTDefense(Defense):
-    """Neural mask Fine-Tuning: masks only, mixing, regulariser, clamp; masks folded in at the end."""
+    """Neural mask Fine-Tuning: masks only, mixing, regulariser, clamp; masks folded in at the end,
+    then the output bias re-fitted (``calibrate_bias``)."""
 
     config_class = PurifyConfig
 
@@ -36,10 +38,13 @@ class NFTDefense(Defense):
         )
         masked = purifier.run()
         masks = masked.mask_state_dict()
-        return DefenseOutcome(
-            model=masked.merge_and_unload(), masks=masks, history=purifier.history,
-            info={"masked_layers": len(masks), "mask_summary": masked.summary()},
-        )
+        info = {"masked_layers": len(masks), "mask_summary": masked.summary()}
+        purified = masked.merge_and_unload()
+        if config.calibrate_bias:
+            info["bias_calibration"] = calibrate_output_bias(
+                purified, clean, context.task, device=purifier.device, seed=config.seed,
+                batch_size=config.batch_size, collate_fn=context.collate_fn)
+        return DefenseOutcome(model=purified, masks=masks, history=purifier.history, info=info)
 
 
 def _factory(name: str):
