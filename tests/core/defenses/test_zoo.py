@@ -97,8 +97,9 @@ def test_ft_changes_weights(backdoor):
     assert params <= _changed(before_state, result.model.state_dict())
 
 
-def test_nft_changes_masks_only(backdoor):
-    """NFT folds its masks into γ: only normalisation scales change, each by a factor in (0, 1].
+def test_nft_changes_masks_and_the_output_bias_only(backdoor):
+    """NFT folds its masks into γ: only normalisation scales change, each by a factor in (0, 1];
+    then it re-fits the output layer's bias (``calibrate_bias``), and nothing else moves.
 
     (NFT's shipped defaults are tuned elsewhere; on this synthetic backdoor its depth clamp floor
     limits it, so only its scope and that it does not strengthen the backdoor are asserted.)
@@ -108,6 +109,11 @@ def test_nft_changes_masks_only(backdoor):
     result = purify(model, backdoor.clean, PurifyConfig(steps=60, rounds=3, **QUIET), method="nft")
     state = result.model.state_dict()
     changed = _changed(before_state, state)
+    calibration = result.info["bias_calibration"]
+    head_bias = f"{calibration['layer']}.bias"
+    torch.testing.assert_close(state[head_bias] - before_state[head_bias],
+                               torch.tensor(calibration["shift"]), atol=1e-4, rtol=0)
+    changed.discard(head_bias)
     assert changed and changed <= _norm_weight_keys(model), changed
     for key in changed:
         mask = result.masks[key[: -len(".weight")]]
