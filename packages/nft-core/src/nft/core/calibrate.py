@@ -59,7 +59,7 @@ def calibrate_output_bias(model: nn.Module, clean: Dataset, task: Task, *, devic
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             first, _, _, _ = batches.get(0)
             try:
-                name, head = find_head(model, task, first)
+                name, head = find_head(model, task, first, user="output-bias calibration")
             except ConfigError as err:
                 return _skip(str(err).split(";")[0])
             if head.bias is None:
