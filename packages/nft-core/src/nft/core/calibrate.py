@@ -9,8 +9,8 @@ clean images undoes that shift (+1.5 points of accuracy there, ASR unchanged; se
 trigger: the calibration moves class priors, never what any input pattern does.
 
 The bias is fitted by L-BFGS on the logits of several augmented views of the clean set (the
-dataset's own transforms make the views), with a small L2 pull towards the current bias so that a
-one-sample-per-class budget cannot push it far. Under ``torchrun`` the loss and its gradient are
+dataset's own transforms make the views), with a Gaussian prior centred on the current bias whose
+weight grows as the clean set shrinks, so that a few samples per class cannot push it far. Under ``torchrun`` the loss and its gradient are
 averaged over ranks, so every rank ends with the same bias.
 """
 
@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 
 VIEWS_MIN, VIEWS_MAX = 1000, 20000
 """Augmented samples the bias is fitted on: five views of each clean image, within these bounds."""
-L2_PULL = 0.001
-"""Weight of ‖δ‖² (δ: the change of bias) added to the mean cross-entropy."""
+PRIOR_SCALE = 1.0
+"""Standard deviation of the Gaussian prior on δ (the change of bias), in logits: the fit
+minimises mean cross-entropy + ‖δ‖² / (2 · PRIOR_SCALE² · N) for N clean images, the
+maximum-a-posteriori estimate, so a small clean set moves the bias less than a large one."""
 
 
 def calibrate_output_bias(model: nn.Module, clean: Dataset, task: Task, *, device: torch.device,
@@ -73,7 +75,7 @@ def calibrate_output_bias(model: nn.Module, clean: Dataset, task: Task, *, devic
         scores, targets = torch.cat(logits), torch.cat(labels)
         if scores.ndim != 2 or scores.shape[1] != head.bias.numel():
             return _skip(f"the model's outputs {tuple(scores.shape)} are not one score per class")
-        shift = _fit_shift(scores, targets, task)
+        shift = _fit_shift(scores, targets, task, pull=1.0 / (2 * PRIOR_SCALE ** 2 * len(clean)))
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             before = task.forward(model, first).float()
             head.bias.add_(shift.to(head.bias.dtype))
@@ -87,13 +89,13 @@ def calibrate_output_bias(model: nn.Module, clean: Dataset, task: Task, *, devic
     return {"layer": name, "shift": [round(v, 4) for v in shift.tolist()]}
 
 
-def _fit_shift(scores: torch.Tensor, targets: torch.Tensor, task: Task) -> torch.Tensor:
+def _fit_shift(scores: torch.Tensor, targets: torch.Tensor, task: Task, pull: float) -> torch.Tensor:
     shift = torch.zeros(scores.shape[1], device=scores.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([shift], max_iter=100, tolerance_grad=1e-7, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = task.loss(scores + shift, targets) + L2_PULL * shift.pow(2).sum()
+        loss = task.loss(scores + shift, targets) + pull * shift.pow(2).sum()
         loss.backward()
         average_gradients([shift])
         total = all_reduce_sum([float(loss.detach())])[0]

@@ -252,8 +252,10 @@ class PointCloudModality(Modality):
             augmentation=PointMix(),
             mask_config=DEFAULT_MASKS,
             # the regulariser weight of docs/pointcloud.md's table: with the core's 0.001, PointNet
-            # masks drift on 50 clean clouds and accuracy drops by about 10 points
-            nft_overrides={"reg_weight": 0.02},
+            # masks drift on 50 clean clouds and accuracy drops by about 10 points. The output-bias
+            # calibration cost 1-1.5 points on PointNet from 5 clouds per class (80.5 % -> 79.0 /
+            # 79.5 % on 200 test clouds), so it stays off here.
+            nft_overrides={"reg_weight": 0.02, "calibrate_bias": False},
             input_space=InputSpace(shape=(train.num_points, 3), lower=-1.0, upper=1.0),
             primary_metric="acc",
             spec={**spec.to_dict(), "trigger": json.loads((run_dir / "trigger.json").read_text())
