@@ -550,10 +550,11 @@ def learned_attacks() -> dict[str, type[Attack]]:
     """The attacks whose trigger is learned (``learned_*.py``), by name and alias. Kept apart from
     :data:`ATTACKS` (the pattern attacks) and imported on use, since they build on
     :class:`Attack`."""
+    from .learned_cba import CBA
     from .learned_lira import LIRA
 
     table: dict[str, type[Attack]] = {}
-    for klass in (LIRA,):
+    for klass in (LIRA, CBA):
         table[klass.name] = klass
         table.update({alias: klass for alias in klass.aliases})
     return table

@@ -39,7 +39,6 @@ from .data import ImageTransform
 __all__ = [
     "LearnedAttack",
     "LoopConfig",
-    "RawImages",
     "conv_block",
     "raw_augment",
     "seeded_loader",
@@ -88,26 +87,6 @@ def raw_augment(data) -> ImageTransform:
     LIRA apply their generator to the augmented batch, as their reference code does)."""
     c = data.channels
     return ImageTransform((0.0,) * c, (1.0,) * c, crop_padding=data.crop_padding, flip=data.flip)
-
-
-class RawImages(Dataset):
-    """Images held in memory (N×C×H×W in [0, 1]) with labels and a per-item transform: the
-    training sets these attacks build themselves (CBA's composites, the clean + poisoned table)."""
-
-    def __init__(self, images: torch.Tensor, labels, transform: Callable | None = None) -> None:
-        self.images = images
-        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-        self.transform = transform
-        self.targets = self.labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        x = self.images[index].float()
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, int(self.labels[index])
 
 
 # ---- the training loop ----------------------------------------------------------------------
