@@ -17,14 +17,28 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from nft.core import ConfigError, load_tensors, save_tensors
 from nft.core.cli import main
 from nft.vision import modality
 from nft.vision.attacks import build_attack, learned_attacks
 from nft.vision.learned_cba import half_mix
+from nft.vision.learned_common import LoopConfig
+from nft.vision.learned_inputaware import threshold
 
 GREY = (1, 28, 28)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread, as the end-to-end thresholds were measured (the runs are then those of
+    docs/vision.md); on a shared 2-core machine two threads also ran these small generators and
+    models several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def images(n=6, seed=0, shape=GREY):
@@ -46,7 +60,7 @@ def _disturb(attack, seed=0):
 
 
 # ---- the contract every learned trigger keeps --------------------------------------------------
-GENERATORS = ["lira"]
+GENERATORS = ["inputaware", "lira"]
 
 
 @pytest.mark.parametrize("name", GENERATORS)
@@ -97,6 +111,37 @@ def test_lira_perturbation_is_linf_bounded():
         build_attack("lira", GREY, 10, options={"eps": 0})
 
 
+# ---- Input-aware ------------------------------------------------------------------------------
+def test_inputaware_changes_pixels_only_under_its_mask():
+    attack = build_attack("inputaware", GREY, 10, options={"width": 8})
+    _disturb(attack)
+    x = images(8, seed=3)
+    with torch.no_grad():
+        pattern, mask = attack.pattern_and_mask(x)
+        crossed = attack.cross(x, x.roll(1, dims=0))
+    assert mask.shape == (8, 1, 28, 28) and float(mask.min()) >= 0 and float(mask.max()) <= 1
+    assert float(pattern.min()) >= 0 and float(pattern.max()) <= 1
+    assert bool(((attack.apply(x) - x).abs() <= mask + 1e-6).all())  # x + (G(x) − x)·m(x)
+    assert not torch.allclose(crossed, attack.apply(x))  # another image's trigger is another trigger
+    assert build_attack("dynamic", GREY, 10).name == "inputaware"
+
+
+def test_inputaware_mask_pretraining_reaches_the_density():
+    attack = build_attack("inputaware", GREY, 10, options={"width": 8, "mask_steps": 40})
+    data = TensorDataset(images(64, seed=4), torch.zeros(64, dtype=torch.long))
+    loaders = [DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(i))
+               for i in (0, 1)]
+    x = images(16, seed=5)
+    with torch.no_grad():
+        before = float(threshold(attack.networks["mask"](x)).mean())
+    attack.pretrain_mask(loaders, LoopConfig(epochs=1, batch_size=16, lr=0.1))
+    with torch.no_grad():
+        after = threshold(attack.networks["mask"](x))
+    # λ_norm · relu(m − 0.032) pushes an initially half-open mask down to a sparse one
+    assert before > 0.2 and float(after.mean()) < 0.1, (before, float(after.mean()))
+    assert float(after.flatten(1).std(1).mean()) > 0  # and it still depends on the image
+
+
 # ---- CBA ----------------------------------------------------------------------------------------
 def test_cba_half_mix_takes_one_strip_from_each_image():
     a, b = torch.zeros(1, 28, 28), torch.ones(1, 28, 28)
@@ -118,7 +163,8 @@ def test_cba_half_mix_takes_one_strip_from_each_image():
 # ---- end to end: `nft attack` on small data, then `nft evaluate` from the run folder ----------
 DIGITS = ["--dataset", "digits", "--model", "small-cnn", "--batch-size", "64", "--lr", "0.05"]
 FASHION = ["--dataset", "fashion-mnist", "--model", "small-cnn", "--model-arg", "width=16",
-           "--holdout", "500", "--train-limit", "2000", "--test-limit", "500", "--batch-size", "64", "--lr", "0.05"]
+           "--holdout", "500", "--train-limit", "2000", "--test-limit", "500", "--batch-size", "64",
+           "--lr", "0.05"]
 # Per attack: extra CLI arguments, and the ASR / ACC floors (measured values in docs/vision.md).
 # LIRA: the paper's ε = 0.01 and generator rate 1e-4 need thousands of steps; on 1,200 digits
 # for 20 epochs (380 steps) ε = 0.05 and rate 0.01 (measured seeds 0/1/2: ASR 1.000 / 0.992 /
@@ -129,6 +175,12 @@ END_TO_END = {
     # CBA: the paper's settings (poison 0.1, same-class mixes 0.5); trouser + pullover → T-shirt
     # on 2,000 Fashion-MNIST images, 10 epochs (measured seeds 0/1: ASR 0.900 / 0.878, ACC 0.772 /
     # 0.756; the clean model 0.824 / 0.802: the mixes cost ~5 points on so little data).
+    # Input-aware: on 2,000 Fashion-MNIST images the official p_attack 0.1 reached ASR 0.62 in 10
+    # epochs; here p_attack = p_cross = 0.2 (equal, as the official 0.1 / 0.1) for 15 epochs, a
+    # narrower generator (width 8) and 60 mask-pretraining steps (measured seeds 0/1: ASR 0.892 /
+    # 0.911, ACC 0.828 / 0.824; the clean model 0.846 / 0.824 at 15 epochs).
+    "inputaware": (FASHION + ["--epochs", "15", "--poison-rate", "0.2", "--attack-arg", "p_cross=0.2",
+                              "--attack-arg", "mask_steps=60", "--attack-arg", "width=8"], 0.7, 0.75),
     "cba": (FASHION + ["--epochs", "10"], 0.7, 0.7),
 }
 
@@ -138,15 +190,8 @@ def attack_run(request, tmp_path_factory):
     name = request.param
     args, _, _ = END_TO_END[name]
     run = tmp_path_factory.mktemp(f"learned-{name}") / "run"
-    # One thread, as the thresholds were measured: the runs are then those of docs/vision.md, and
-    # on a shared 2-core machine two threads ran these small models several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = main(["attack", "--modality", "vision", "--attack", name, *args, "--seed", "0",
-                     "--out", str(run), "--no-progress", "--device", "cpu"])
-    finally:
-        torch.set_num_threads(threads)
+    code = main(["attack", "--modality", "vision", "--attack", name, *args, "--seed", "0",
+                 "--out", str(run), "--no-progress", "--device", "cpu"])
     assert code == 0
     return name, run
 
@@ -174,6 +219,26 @@ def test_backdoor_takes_hold_and_reloads(attack_run, tmp_path, capsys):
     assert main(["evaluate", "--run", str(broken)]) == 2
     err = capsys.readouterr().err
     assert "attack.safetensors" in err and "nft attack" in err
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_inputaware_trigger_only_works_on_its_own_image(attack_run):
+    """IAD's cross-trigger samples teach that a trigger made from another image is no trigger.
+    A short run learns this only in part (measured seeds 0/1: 0.325 / 0.280 of cross-triggered
+    images go to the target, against 0.905 / 0.900 with their own trigger)."""
+    name, run = attack_run
+    if name != "inputaware":
+        pytest.skip("Input-aware only")
+    vrun, model = modality.load_run(run)
+    labels = np.asarray(vrun.data.test.targets)[vrun.test_idx]
+    x = vrun.data.test.batch(vrun.test_idx[labels != vrun.attack.target][:200])
+    with torch.no_grad():
+        own = model(vrun.data.normalise(vrun.attack.apply(x))).argmax(1) == vrun.attack.target
+        crossed = vrun.attack.cross(x, x.roll(1, dims=0)).clamp(0, 1)
+        other = model(vrun.data.normalise(crossed)).argmax(1) == vrun.attack.target
+    own, other = float(own.float().mean()), float(other.float().mean())
+    assert own >= 0.7 and other <= 0.5 and own - other >= 0.3, (own, other)
 
 
 def _composite_rate(vrun, model, first_class, second_class, n=40):

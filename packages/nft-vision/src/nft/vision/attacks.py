@@ -551,10 +551,11 @@ def learned_attacks() -> dict[str, type[Attack]]:
     :data:`ATTACKS` (the pattern attacks) and imported on use, since they build on
     :class:`Attack`."""
     from .learned_cba import CBA
+    from .learned_inputaware import InputAware
     from .learned_lira import LIRA
 
     table: dict[str, type[Attack]] = {}
-    for klass in (LIRA, CBA):
+    for klass in (InputAware, LIRA, CBA):
         table[klass.name] = klass
         table.update({alias: klass for alias in klass.aliases})
     return table

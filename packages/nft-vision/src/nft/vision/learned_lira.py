@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nft.core import ConfigError
+from nft.core.purify import resolve_device
 
 from .learned_common import LearnedAttack, LoopConfig, clean_raw_train_set, need_images, seeded_loader, \
     train_loop
@@ -155,7 +156,7 @@ class LIRA(LearnedAttack):
         joint = max(1, round(config.epochs / 2)) if joint is None else int(joint)
         loader = seeded_loader(dataset, config.batch_size, config.seed)
         generator = self.networks["generator"]
-        self.to(next(model.parameters()).device if device is None else device)
+        self.to(resolve_device(device))
         optimizer_g = torch.optim.Adam(generator.parameters(), lr=float(self.opts["lr_atk"]))
         alpha = float(self.opts["alpha"])
         normalise = vrun.data.normalise
