@@ -26,6 +26,7 @@ from nft.vision.attacks import build_attack, learned_attacks
 from nft.vision.learned_cba import half_mix
 from nft.vision.learned_common import LoopConfig
 from nft.vision.learned_inputaware import threshold
+from nft.vision.learned_issba import secret_bits
 
 GREY = (1, 28, 28)
 
@@ -60,7 +61,7 @@ def _disturb(attack, seed=0):
 
 
 # ---- the contract every learned trigger keeps --------------------------------------------------
-GENERATORS = ["inputaware", "lira"]
+GENERATORS = ["inputaware", "issba", "lira"]
 
 
 @pytest.mark.parametrize("name", GENERATORS)
@@ -142,6 +143,23 @@ def test_inputaware_mask_pretraining_reaches_the_density():
     assert float(after.flatten(1).std(1).mean()) > 0  # and it still depends on the image
 
 
+# ---- ISSBA ------------------------------------------------------------------------------------
+def test_issba_secret_and_sample_specific_residual():
+    bits = secret_bits("nft", 16)
+    assert bits.shape == (16,) and set(bits.tolist()) <= {0.0, 1.0}
+    assert torch.equal(bits[:8], torch.tensor([0, 1, 1, 0, 1, 1, 1, 0.0]))  # "n" = 0x6e
+    assert torch.equal(secret_bits("nft", 100)[56:], secret_bits("nft", 100)[:44])  # repeated
+    with pytest.raises(ConfigError, match="1-7 bytes"):
+        build_attack("issba", GREY, 10, options={"secret": "too long"})
+    assert build_attack("issba", GREY, 10).bits == 16 and build_attack("issba", (3, 32, 32), 10).bits == 100
+    attack = build_attack("issba", GREY, 10, options={"width": 8})
+    _disturb(attack)
+    x = images(4, seed=6)
+    residual = attack.apply(x) - x
+    # the residual depends on the image, not only on the secret (ISSBA's sample-specific trigger)
+    assert float((residual[0] - residual[1]).abs().mean()) > 1e-3
+
+
 # ---- CBA ----------------------------------------------------------------------------------------
 def test_cba_half_mix_takes_one_strip_from_each_image():
     a, b = torch.zeros(1, 28, 28), torch.ones(1, 28, 28)
@@ -181,6 +199,11 @@ END_TO_END = {
     # 0.911, ACC 0.828 / 0.824; the clean model 0.846 / 0.824 at 15 epochs).
     "inputaware": (FASHION + ["--epochs", "15", "--poison-rate", "0.2", "--attack-arg", "p_cross=0.2",
                               "--attack-arg", "mask_steps=60", "--attack-arg", "width=8"], 0.7, 0.75),
+    # ISSBA: a small StegaStamp (width 8, 16 bits) trained 400 steps of 32 images, then plain
+    # poisoning at 0.1 for 10 epochs (measured seeds 0/1: ASR 1.000 / 0.983, ACC 0.824 / 0.804,
+    # the clean model 0.824 / 0.802; secret read back 0.997 / 0.962, mean |residual| 0.063 / 0.067).
+    "issba": (FASHION + ["--epochs", "10", "--attack-arg", "width=8", "--attack-arg", "batch_size=32",
+                         "--attack-arg", "steps=400"], 0.9, 0.75),
     "cba": (FASHION + ["--epochs", "10"], 0.7, 0.7),
 }
 
@@ -239,6 +262,18 @@ def test_inputaware_trigger_only_works_on_its_own_image(attack_run):
         other = model(vrun.data.normalise(crossed)).argmax(1) == vrun.attack.target
     own, other = float(own.float().mean()), float(other.float().mean())
     assert own >= 0.7 and other <= 0.5 and own - other >= 0.3, (own, other)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_issba_hides_its_secret_in_a_small_residual(attack_run):
+    name, run = attack_run
+    if name != "issba":
+        pytest.skip("ISSBA only")
+    vrun, _ = modality.load_run(run)
+    x = vrun.data.test.batch(vrun.test_idx[:200])
+    assert vrun.attack.bit_accuracy(x) >= 0.9  # the decoder reads the secret from test images
+    assert float((vrun.attack.apply(x) - x).abs().mean()) <= 0.1
 
 
 def _composite_rate(vrun, model, first_class, second_class, n=40):

@@ -552,10 +552,11 @@ def learned_attacks() -> dict[str, type[Attack]]:
     :class:`Attack`."""
     from .learned_cba import CBA
     from .learned_inputaware import InputAware
+    from .learned_issba import ISSBA
     from .learned_lira import LIRA
 
     table: dict[str, type[Attack]] = {}
-    for klass in (InputAware, LIRA, CBA):
+    for klass in (InputAware, LIRA, ISSBA, CBA):
         table[klass.name] = klass
         table.update({alias: klass for alias in klass.aliases})
     return table

@@ -323,6 +323,15 @@ def clean_raw_train_set(vrun, transform=None) -> Dataset:
     return Subset(vrun.data.train.with_transform(transform), vrun.train_idx.tolist())
 
 
+def learning_subset(count: int, seed: int, cap: int = 10_000) -> np.ndarray:
+    """Positions of the training images a trigger network learns from: all of a small set, a
+    seeded ``cap`` of a large one (ISSBA's encoder and FBA's style network see a few thousand
+    batches at most, and a large file dataset does not fit in memory)."""
+    if count <= cap:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=cap, replace=False))
+
+
 def need_images(count: int, what: str) -> None:
     if count <= 0:
         raise DataError(f"{what}: no training image is available; raise --train-limit")
