@@ -551,12 +551,13 @@ def learned_attacks() -> dict[str, type[Attack]]:
     :data:`ATTACKS` (the pattern attacks) and imported on use, since they build on
     :class:`Attack`."""
     from .learned_cba import CBA
+    from .learned_fba import FBA
     from .learned_inputaware import InputAware
     from .learned_issba import ISSBA
     from .learned_lira import LIRA
 
     table: dict[str, type[Attack]] = {}
-    for klass in (InputAware, LIRA, ISSBA, CBA):
+    for klass in (InputAware, LIRA, ISSBA, FBA, CBA):
         table[klass.name] = klass
         table.update({alias: klass for alias in klass.aliases})
     return table
