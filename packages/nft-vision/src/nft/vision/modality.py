@@ -128,7 +128,7 @@ def _batched(dataset, indices: np.ndarray) -> torch.Tensor:
 class VisionModality(Modality):
     name = "vision"
     description = ("image classification: Fashion-MNIST (embedded), digits, CIFAR-10, GTSRB, "
-                   "Tiny-ImageNet, ImageNet; pattern backdoors")
+                   "Tiny-ImageNet, ImageNet; pattern and learned-trigger backdoors")
     defaults = {"dataset": "fashion-mnist", "model": "preactresnet18", "attack": "badnets",
                 "epochs": 10, "batch_size": 128, "lr": 0.1}
 
