@@ -49,6 +49,7 @@ __all__ = [
     "build_attack",
     "checkerboard",
     "floyd_steinberg",
+    "learned_attacks",
 ]
 
 log = logging.getLogger(__name__)
@@ -545,8 +546,27 @@ ATTACKS: dict[str, type[Attack]] = {
 }
 
 
+def learned_attacks() -> dict[str, type[Attack]]:
+    """The attacks whose trigger is learned (``learned_*.py``), by name and alias. Kept apart from
+    :data:`ATTACKS` (the pattern attacks) and imported on use, since they build on
+    :class:`Attack`."""
+    from .learned_cba import CBA
+    from .learned_fba import FBA
+    from .learned_inputaware import InputAware
+    from .learned_issba import ISSBA
+    from .learned_lira import LIRA
+
+    table: dict[str, type[Attack]] = {}
+    for klass in (InputAware, LIRA, ISSBA, FBA, CBA):
+        table[klass.name] = klass
+        table.update({alias: klass for alias in klass.aliases})
+    return table
+
+
 def build_attack(name: str, shape, num_classes: int, *, target: int = 0, mode: str = "all-to-one",
                  seed: int = 0, options: dict | None = None) -> Attack:
-    if name not in ATTACKS:
-        raise ConfigError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACKS)}")
-    return ATTACKS[name](shape, num_classes, target=target, mode=mode, seed=seed, **(options or {}))
+    klass = ATTACKS.get(name) or learned_attacks().get(name)
+    if klass is None:
+        raise ConfigError(f"unknown attack {name!r}; known attacks: "
+                          f"{', '.join([*ATTACKS, *learned_attacks()])}")
+    return klass(shape, num_classes, target=target, mode=mode, seed=seed, **(options or {}))

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, Subset
 from nft.core import (
     AttackSpec,
     ConfigError,
+    DataError,
     Experiment,
     InputSpace,
     Modality,
@@ -36,7 +37,7 @@ from nft.core import (
 from nft.core.io import read_json
 from nft.core.purify import resolve_device
 
-from .attacks import ATTACKS, Attack, build_attack
+from .attacks import ATTACKS, Attack, build_attack, learned_attacks
 from .augment import AUGMENTATIONS
 from .data import DATASETS, ImageData, TensorImages, load_dataset
 from .models import MODELS, ModelSpec, build_model, default_mask_config
@@ -92,6 +93,9 @@ class VisionRun:
 
     def triggered_test_set(self) -> Dataset:
         """Non-target test images with the trigger, as ``(input, true label, target label)``."""
+        custom = getattr(self.attack, "triggered_test_set", None)
+        if custom is not None:  # a trigger made from two test images (CBA's composites)
+            return custom(self)
         labels = np.asarray(self.data.test.targets)[self.test_idx]
         keep = np.asarray([self.attack.target_of(int(y)) != int(y) for y in labels], dtype=bool)
         indices, labels = self.test_idx[keep], labels[keep]
@@ -124,7 +128,7 @@ def _batched(dataset, indices: np.ndarray) -> torch.Tensor:
 class VisionModality(Modality):
     name = "vision"
     description = ("image classification: Fashion-MNIST (embedded), digits, CIFAR-10, GTSRB, "
-                   "Tiny-ImageNet, ImageNet; pattern backdoors")
+                   "Tiny-ImageNet, ImageNet; pattern and learned-trigger backdoors")
     defaults = {"dataset": "fashion-mnist", "model": "preactresnet18", "attack": "badnets",
                 "epochs": 10, "batch_size": 128, "lr": 0.1}
 
@@ -136,6 +140,9 @@ class VisionModality(Modality):
             self.models.add(name, builder)
         for name, klass in ATTACKS.items():
             self.attacks.add(name, klass, clean_label=klass.clean_label)
+        for name, klass in learned_attacks().items():
+            if name == klass.name:  # aliases are registered with their attack
+                self.attacks.add(name, klass, aliases=klass.aliases, clean_label=klass.clean_label)
         for name, klass in AUGMENTATIONS.items():
             self.augmentations.add(name, klass)
 
@@ -249,11 +256,18 @@ class VisionModality(Modality):
     def train_backdoor(self, spec: AttackSpec, run: RunFolder) -> dict[str, float]:
         vrun = self.prepare(spec)
         spec = vrun.spec
-        poisoned = self.poisoned_train_set(vrun, device=spec.device, progress=spec.progress)
-        model = self.new_model(vrun)
-        train_model(model, poisoned, TrainConfig(
-            epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
-            device=spec.device, progress=spec.progress))
+        if getattr(vrun.attack, "trains_model", False):
+            # learned attacks (learned_*.py) train their trigger networks and the classifier
+            model = self.new_model(vrun)
+            counts = vrun.attack.train_classifier(model, vrun, self, device=spec.device,
+                                                  progress=spec.progress)
+        else:
+            poisoned = self.poisoned_train_set(vrun, device=spec.device, progress=spec.progress)
+            model = self.new_model(vrun)
+            train_model(model, poisoned, TrainConfig(
+                epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed,
+                device=spec.device, progress=spec.progress))
+            counts = {"poisoned": len(poisoned.attack_indices), "extra_samples": len(poisoned.extra_indices)}
         model.cpu()
         run.save_model(model)
         # The CLI writes the same config.json after this; writing it here too makes a folder made
@@ -265,7 +279,7 @@ class VisionModality(Modality):
             run.save_tensors("attack.safetensors", {k: v.contiguous() for k, v in state.items()})
         run.write_json("data.json", {
             "train": len(vrun.train_idx), "defender_pool": len(vrun.pool_idx), "test": len(vrun.test_idx),
-            "poisoned": len(poisoned.attack_indices), "extra_samples": len(poisoned.extra_indices),
+            **counts,
         })
         return self.evaluate(model, vrun, device=spec.device)
 
@@ -279,6 +293,9 @@ class VisionModality(Modality):
         model = load_model_weights(build_model(vrun.model_spec), run_dir / "model.safetensors")
         if (run_dir / "attack.safetensors").is_file():
             vrun.attack.load_state_dict(load_tensors(run_dir / "attack.safetensors"))
+        elif getattr(vrun.attack, "trains_model", False):
+            raise DataError(f"{run_dir} has no attack.safetensors: the learned {vrun.attack.name} trigger "
+                            "cannot be rebuilt without it; rerun `nft attack`")
         return vrun, model.eval()
 
     def load_experiment(self, run_dir: Path, *, device: str | None = None) -> Experiment:
