@@ -4,14 +4,15 @@ Scaling channels shifts every class score by a different amount, and classes tha
 features lose most: on the demo's Fashion-MNIST model, NFT took the recall of "shirt" from 72 %
 to 35 % while the other nine classes barely moved, because the masked network now scores shirts
 lower across the board. Re-fitting only the classifier's bias, one number per class, on the same
-clean images undoes that shift (+1.5 points of accuracy there, ASR unchanged; see
+clean images undoes that shift (+1.5 points of accuracy there, and ASR 6.3 → 4.4 %; see
 ``benchmarks/results/ablation.md``). A bias is the same for every input, so it cannot hold a
 trigger: the calibration moves class priors, never what any input pattern does.
 
 The bias is fitted by L-BFGS on the logits of several augmented views of the clean set (the
 dataset's own transforms make the views), with a Gaussian prior centred on the current bias whose
-weight grows as the clean set shrinks, so that a few samples per class cannot push it far. Under ``torchrun`` the loss and its gradient are
-averaged over ranks, so every rank ends with the same bias.
+weight grows as the clean set shrinks, so that a few samples per class cannot push it far. Under
+``torchrun`` the loss and its gradient are averaged over ranks, so every rank ends with the same
+bias.
 """
 
 from __future__ import annotations
