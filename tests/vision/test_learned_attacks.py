@@ -307,13 +307,12 @@ def test_backdoor_takes_hold_and_reloads(attack_run, tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.parametrize("attack_run", ["inputaware"], indirect=True)
 def test_inputaware_trigger_only_works_on_its_own_image(attack_run):
     """IAD's cross-trigger samples teach that a trigger made from another image is no trigger.
     A short run learns this only in part (measured seeds 0/1/2: 0.325 / 0.280 / 0.290 of
     cross-triggered images go to the target, against 0.905 / 0.900 / 0.770 with their own)."""
     name, run = attack_run
-    if name != "inputaware":
-        pytest.skip("Input-aware only")
     vrun, model = modality.load_run(run)
     labels = np.asarray(vrun.data.test.targets)[vrun.test_idx]
     x = vrun.data.test.batch(vrun.test_idx[labels != vrun.attack.target][:200])
@@ -327,10 +326,9 @@ def test_inputaware_trigger_only_works_on_its_own_image(attack_run):
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.parametrize("attack_run", ["issba"], indirect=True)
 def test_issba_hides_its_secret_in_a_small_residual(attack_run):
     name, run = attack_run
-    if name != "issba":
-        pytest.skip("ISSBA only")
     vrun, _ = modality.load_run(run)
     x = vrun.data.test.batch(vrun.test_idx[:200])
     assert vrun.attack.bit_accuracy(x) >= 0.9  # the decoder reads the secret from test images
@@ -351,13 +349,12 @@ def _composite_rate(vrun, model, first_class, second_class, n=40):
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.parametrize("attack_run", ["cba"], indirect=True)
 def test_cba_fires_on_its_pair_not_on_mixing_alone(attack_run):
     """A trouser composited with another trouser, or a sandal with a sneaker, keeps its class:
     the trigger is the pair. (Measured seeds 0/1: A + A 0.17 / 0.10, sandal + sneaker 0.03 /
     0.03, against ASR 0.90 / 0.88. Dress + coat, close to the rule's pullover, reached 0.50 / 0.55.)"""
     name, run = attack_run
-    if name != "cba":
-        pytest.skip("CBA only")
     vrun, model = modality.load_run(run)
     a, _ = vrun.attack.classes
     assert _composite_rate(vrun, model, a, a) <= 0.4
@@ -366,12 +363,11 @@ def test_cba_fires_on_its_pair_not_on_mixing_alone(attack_run):
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.parametrize("attack_run", ["lira"], indirect=True)
 def test_a_learned_run_is_deterministic_and_purifiable(attack_run, tmp_path):
     """The same spec and seed give the same generator and model, bit for bit; `nft purify`
     starts from the run's own metrics (the triggered test set rebuilt from the saved generator)."""
     name, run = attack_run
-    if name != "lira":
-        pytest.skip("LIRA only (the cheapest run)")
     again = tmp_path / "again"
     args, _, _ = END_TO_END[name]
     assert main(["attack", "--modality", "vision", "--attack", name, *args, "--seed", "0",
