@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STEP_FIELDS = {
     "ft": ("steps",), "ft-mixup": ("steps",),
     "nft": ("steps",), "nft-reference": ("steps",), "nft-no-mixup": ("steps",), "nft-no-reg": ("steps",),
+    "nft-no-patterns": ("steps",), "nft-no-distill": ("steps",),
     "anp": ("steps",), "i-bau": ("steps_per_round",), "awm": ("steps_per_round",),
     "ft-sam": ("steps",), "rnp": (), "fst": ("steps",), "nad": ("steps", "warm_steps", "teacher_steps"),
     "sau": ("steps",),

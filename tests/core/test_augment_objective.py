@@ -1,4 +1,5 @@
-"""MixUp / no-op augmentation, the mixed loss, the regulariser and the depth-decay clamp."""
+"""MixUp / no-op augmentation, the mixed loss, the regulariser, the depth-decay clamp and the
+clean-view distillation term."""
 
 import math
 
@@ -12,6 +13,7 @@ from nft.core import (
 )
 from nft.core import PurifyConfig
 from nft.core.augment import Mixed, RandomPatterns
+from nft.core.objective import CleanViewDistillation
 from nft.core.testing import AugmentationContract
 
 from .toy_models import CNNBatchNorm
@@ -139,3 +141,51 @@ def test_depth_decay_clamp_matches_the_reference_floors():
         assert m.tolist() == pytest.approx([floor, max(floor, 0.3), 1.0])
     with pytest.raises(ConfigError):
         DepthDecayClamp(alpha=1.5)
+
+
+def test_random_patterns_keep_the_unpatterned_mixed_batch_as_the_clean_view():
+    x, y = torch.rand(8, 1, 10, 10), torch.arange(8) % 2
+    plain = _mix(MixUp(1.0), x, y, seed=5)
+    patterned = _mix(RandomPatterns(MixUp(1.0), patch_prob=1.0, blend_prob=1.0), x, y, seed=5)
+    assert torch.equal(plain.clean_inputs, plain.inputs)  # plain mixing: the view is the input
+    assert torch.equal(patterned.clean_inputs, plain.inputs)
+    assert bool((patterned.inputs != patterned.clean_inputs).flatten(1).any(1).all())
+
+
+class _Recorder(nn.Module):
+    """A linear classifier that remembers what it was shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+        return self.linear(x)
+
+
+def test_distillation_is_zero_on_agreement_and_only_the_student_gets_gradients():
+    torch.manual_seed(0)
+    teacher = _Recorder()
+    term = CleanViewDistillation(teacher, weight=2.0, temperature=3.0)
+    clean, patterned = torch.randn(5, 4), torch.randn(5, 4)
+    agreeing = teacher.linear(clean).detach()
+    assert float(term(agreeing, clean)) == pytest.approx(0.0, abs=1e-6)
+    assert teacher.seen[-1] is clean  # the teacher sees the clean view, never the patterned one
+    student = nn.Linear(4, 3)
+    loss = term(student(patterned), clean)
+    assert float(loss) > 0
+    loss.backward()
+    assert student.weight.grad is not None and teacher.linear.weight.grad is None
+    assert not teacher.training
+    # weight and T² scale: the same KL at weight 1 is half
+    single = CleanViewDistillation(teacher, weight=1.0, temperature=3.0)(student(patterned), clean)
+    assert float(loss) == pytest.approx(2 * float(single), rel=1e-5)
+
+
+def test_distillation_refuses_bad_settings():
+    with pytest.raises(ConfigError, match="weight"):
+        CleanViewDistillation(nn.Linear(2, 2), weight=-1.0)
+    with pytest.raises(ConfigError, match="temperature"):
+        CleanViewDistillation(nn.Linear(2, 2), temperature=0.0)

@@ -10,6 +10,7 @@ from torch.utils.data import TensorDataset
 from nft.core import (
     ConfigError, DataError, MaskConfig, NonFiniteLossError, Purifier, PurifyConfig, purify,
 )
+from nft.core.augment import Mixed, MixUp
 from nft.core.purify import PRESETS
 
 from .toy_models import CNNBatchNorm
@@ -99,8 +100,46 @@ def test_reference_preset_is_the_reference_code():
     assert ref.pattern_prob == 0 and ref.clamp  # MixUp alone, as the paper
     assert (ref.clamp_alpha, ref.clamp_beta) == (0.8, 0.5) and ref.masks.skip_first_norm
     assert not ref.calibrate_bias  # the reference folds the masks and stops
+    assert ref.distill_weight == 0  # the paper's loss: cross-entropy on MixUp and the regulariser
     assert [round(ref.lr_at(s), 4) for s in (0, 200, 400, 600, 800, 999)] == [
         0.05, 0.0471, 0.0396, 0.0304, 0.0229, 0.0229]
+
+
+def test_distillation_changes_only_masks_and_leaves_the_input_model_intact():
+    model = CNNBatchNorm().eval()
+    before = copy.deepcopy(model.state_dict())
+    config = dict(calibrate_bias=False, **FAST)
+    with_term = purify(model, _data(), config=PurifyConfig(distill_weight=1.0, **config))
+    without = purify(model, _data(), config=PurifyConfig(distill_weight=0.0, **config))
+    assert any(not torch.equal(with_term.masks[k], without.masks[k]) for k in without.masks)
+    after = with_term.model.state_dict()
+    for key, value in before.items():
+        if key not in ("net.1.weight", "net.4.weight"):
+            assert torch.equal(after[key], value), f"{key} changed"
+        assert torch.equal(model.state_dict()[key], value)  # the teacher is a copy
+
+
+class _NoCleanView:
+    """Plain MixUp that, like hidden-space mixing, gives no input-space clean view."""
+
+    def __init__(self):
+        self.mixup = MixUp(1.0)
+
+    def __call__(self, inputs, targets, *, rng, generator):
+        mixed = self.mixup(inputs, targets, rng=rng, generator=generator)
+        return Mixed(mixed.inputs, mixed.targets)
+
+
+def test_distillation_is_dropped_with_a_note_when_there_is_no_clean_view(caplog):
+    config = dict(calibrate_bias=False, **FAST)
+    with caplog.at_level("INFO", logger="nft.core.purify"):
+        dropped = purify(_model(), _data(), config=PurifyConfig(distill_weight=1.0, **config),
+                         augmentation=_NoCleanView())
+    assert "no clean view" in caplog.text
+    plain = purify(_model(), _data(), config=PurifyConfig(distill_weight=0.0, **config),
+                   augmentation=_NoCleanView())
+    for name, mask in plain.masks.items():
+        assert torch.equal(dropped.masks[name], mask)
 
 
 def test_regulariser_is_divided_by_samples_per_class():

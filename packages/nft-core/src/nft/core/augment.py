@@ -31,6 +31,10 @@ class Mixed:
 
     inputs: Any
     targets: tuple[tuple[Any, float], ...]
+    clean_inputs: Any = None
+    """The same batch in input space before any trigger-like pattern was added (for plain
+    mixing, ``inputs`` itself): what NFT's distillation term shows the original model, which is
+    never asked about a pattern. ``None`` when there is no such view (mixing inside the model)."""
 
 
 @runtime_checkable
@@ -53,7 +57,7 @@ class NoAugmentation:
     name = "none"
 
     def __call__(self, inputs, targets, *, rng, generator) -> Mixed:
-        return Mixed(inputs, ((targets, 1.0),))
+        return Mixed(inputs, ((targets, 1.0),), clean_inputs=inputs)
 
     def hooks(self, model: nn.Module) -> AbstractContextManager:
         return nullcontext()
@@ -96,7 +100,8 @@ class MixUp:
         lam = float(rng.beta(self.alpha, self.alpha))
         order = torch.randperm(inputs.shape[0], generator=generator)
         mixed = lam * inputs + (1.0 - lam) * permute_batch(inputs, order)
-        return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)))
+        return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)),
+                     clean_inputs=mixed)
 
     def hooks(self, model: nn.Module) -> AbstractContextManager:
         return nullcontext()
@@ -181,7 +186,7 @@ class RandomPatterns:
                 alpha = float(rng.uniform(0.05, self.max_alpha))
                 noise = torch.rand(sample.shape, generator=generator).to(x)
                 sample.mul_(1 - alpha).add_(alpha * (low + (high - low) * noise))
-        return Mixed(x, mixed.targets)
+        return Mixed(x, mixed.targets, clean_inputs=mixed.clean_inputs)
 
     def hooks(self, model: nn.Module) -> AbstractContextManager:
         return self.base.hooks(model) if hasattr(self.base, "hooks") else nullcontext()

@@ -237,3 +237,15 @@ class AugmentationContract:
         with hooks(model) if hooks else nullcontext():
             loss = mixed_loss(task, task.forward(model, mixed.inputs), mixed)
         assert torch.isfinite(loss)
+
+    def test_clean_view_matches_the_inputs_form(self):
+        """``clean_inputs``, when given, is the same batch in input space without patterns."""
+        mixed = self._mix(2)
+        if mixed.clean_inputs is None:
+            return  # mixing inside the model: NFT then trains without its distillation term
+        if isinstance(mixed.inputs, torch.Tensor):
+            assert isinstance(mixed.clean_inputs, torch.Tensor)
+            assert mixed.clean_inputs.shape == mixed.inputs.shape
+            assert mixed.clean_inputs.dtype == mixed.inputs.dtype
+        else:
+            assert type(mixed.clean_inputs) is type(mixed.inputs)

@@ -30,6 +30,7 @@ from nft.core import (
     train_model,
 )
 from nft.core.io import read_json
+from nft.core.purify import WITHOUT_DISTILLATION
 
 from .attacks import ATTACKS, DetectionAttack, PoisonedDetection, TriggeredDetection, _annotation
 from .augment import DetectionMixUp
@@ -234,6 +235,7 @@ class DetectionModality(Modality):
             evaluate=evaluate, augmentation=DetectionMixUp(1.0), mask_config=mask_config,
             input_space=InputSpace(shape=(3, size, size)), collate_fn=detection_collate,
             primary_metric="map", spec=spec.to_dict(),
+            nft_overrides=dict(WITHOUT_DISTILLATION),  # not classification: no distillation
         )
 
     # ---- conveniences for scripts and tests ----------------------------------------------

@@ -40,6 +40,7 @@ from nft.core import (
     load_model_weights,
 )
 from nft.core.io import read_json
+from nft.core.purify import WITHOUT_DISTILLATION
 
 from .attacks import ATTACKS, make_attack
 from .augment import EmbeddingMixUp
@@ -363,6 +364,7 @@ class NLPModality(Modality):
             evaluate=self._evaluator(spec, info, attack, tokenizer, test),
             augmentation=EmbeddingMixUp(), mask_config=MaskConfig(), input_space=None,
             collate_fn=collate, primary_metric=primary, spec=spec.to_dict(),
+            nft_overrides=dict(WITHOUT_DISTILLATION),  # mixing inside the model: no distillation
         )
 
 

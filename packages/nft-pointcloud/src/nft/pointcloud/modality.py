@@ -42,6 +42,7 @@ from nft.core import (
     train_model,
 )
 from nft.core.io import read_json
+from nft.core.purify import WITHOUT_DISTILLATION
 
 from .attacks import IRBA, PCBA, PointBAI, PointBAO, PointTrigger
 from .augment import POINT_AUGMENTATIONS, PointMix
@@ -255,7 +256,7 @@ class PointCloudModality(Modality):
             # masks drift on 50 clean clouds and accuracy drops by about 10 points. The output-bias
             # calibration cost 1-1.5 points on PointNet from 5 clouds per class (80.5 % -> 79.0 /
             # 79.5 % on 200 test clouds), so it stays off here.
-            nft_overrides={"reg_weight": 0.02, "calibrate_bias": False},
+            nft_overrides={"reg_weight": 0.02, "calibrate_bias": False, **WITHOUT_DISTILLATION},
             input_space=InputSpace(shape=(train.num_points, 3), lower=-1.0, upper=1.0),
             primary_metric="acc",
             spec={**spec.to_dict(), "trigger": json.loads((run_dir / "trigger.json").read_text())

@@ -33,6 +33,7 @@ from nft.core import (
     train_model,
 )
 from nft.core.io import read_json
+from nft.core.purify import WITHOUT_DISTILLATION
 
 from .attacks import ATTACKS, PoisonedSegmentation, SegAttack, TriggeredSegmentation, build_attack
 from .augment import AUGMENTATIONS, SegMixUp
@@ -225,7 +226,8 @@ class SegmentationModality(Modality):
             # the settings the segmentation tests measured: no mixing (with SegMixUp the masks
             # drift on 100 canvases and ASR rose), light weight decay on the masks, no random
             # patterns (not yet measured on label maps)
-            nft_overrides={"mixup_alpha": 0.0, "weight_decay": 0.003, "pattern_prob": 0.0},
+            nft_overrides={"mixup_alpha": 0.0, "weight_decay": 0.003, "pattern_prob": 0.0,
+                           **WITHOUT_DISTILLATION},
             input_space=srun.input_space(),
             primary_metric="miou",
             spec=srun.spec.to_dict(),

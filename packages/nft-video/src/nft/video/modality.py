@@ -47,7 +47,7 @@ from nft.core import (
     train_model,
 )
 from nft.core.io import read_json
-from nft.core.purify import resolve_device
+from nft.core.purify import WITHOUT_DISTILLATION, resolve_device
 
 from .attacks import ATTACKS, CleanLabelConfig, ClipTrigger, learn_patch_trigger, perturb_videos
 from .augment import ClipMixUp, PatternNoise, VideoMix
@@ -298,6 +298,7 @@ class VideoModality(Modality):
             # and masks on the convolutions' output channels as well as on BN γ reach them
             augmentation=PatternNoise(ClipMixUp(1.0), patch_prob=1.0, blend_prob=0.5),
             mask_config=MaskConfig(targets=("norm", "conv")),
+            nft_overrides=dict(WITHOUT_DISTILLATION),  # no clean view, so no distillation
             input_space=InputSpace(shape=(3, geometry["frames"], geometry["size"], geometry["size"]),
                                    lower=0.0, upper=1.0, scale=1.0),
             primary_metric="acc",

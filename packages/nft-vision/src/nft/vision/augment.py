@@ -47,7 +47,8 @@ class CutMix:
         mixed = inputs.clone()
         mixed[..., top:bottom, left:right] = permute_batch(inputs, order)[..., top:bottom, left:right]
         kept = 1.0 - (bottom - top) * (right - left) / float(h * w)
-        return Mixed(mixed, ((targets, kept), (permute_batch(targets, order), 1.0 - kept)))
+        return Mixed(mixed, ((targets, kept), (permute_batch(targets, order), 1.0 - kept)),
+                     clean_inputs=mixed)
 
     def hooks(self, model: nn.Module) -> AbstractContextManager:
         return nullcontext()
