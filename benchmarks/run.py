@@ -185,7 +185,7 @@ experiment, clean = load(Path({run!r}))
 from nft.core import purify, DEFENSES
 cuda = torch.cuda.is_available()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-experiment.model(torch.stack([clean[i][0] for i in range(128)]))  # warm the allocator
+experiment.model(torch.stack([clean[i][0] for i in range(min(128, len(clean)))]))  # warm the allocator
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 config = DEFENSES.get({method!r})(None).config.replace(steps=20, progress=False)
 purify(experiment.model, clean, config, method={method!r})
