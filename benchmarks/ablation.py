@@ -73,12 +73,14 @@ def measure(runs: list[str], variants: list[str], out: Path, per_class: int, ste
 
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    lines = ["| attack | model | variant | steps | ACC before → after | ASR before → after |",
+    # the primary metric: ACC for classifiers, mIoU / mAP / BLEU for the other modalities
+    metric = next((k for k in rows[0]["before"] if k not in ("asr", "ra")), "acc") if rows else "acc"
+    lines = [f"| attack | model | variant | steps | {metric.upper()} before → after | ASR before → after |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         b, a = r["before"], r["after"]
         lines.append(f"| {r['attack']} | {r['model']} | `{r['variant']}` | {r['steps']} | "
-                     f"{b['acc']:.1%} → {a['acc']:.1%} | {b['asr']:.1%} → {a['asr']:.1%} |")
+                     f"{b[metric]:.1%} → {a[metric]:.1%} | {b['asr']:.1%} → {a['asr']:.1%} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ the script resumes after an interruption. It prints the Markdown table (and writ
 `--out` when given). Everything runs on the CPU with one thread per process.
 
     python scripts/nlp_table.py --work runs/nlp-table --out runs/nlp-table/table.md
+    python scripts/nlp_table.py --write docs/nlp.md     # replace the table block of the guide
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ ROWS = {
     "cls-addsent": ["--config", str(CONFIGS / "attack-classification.yaml"), "--attack", "addsent"],
     "gen-trigger": ["--config", str(CONFIGS / "attack-translation.yaml")],
 }
+# The defender's clean set of each row, replacing the configs' 10 per class: the translation
+# pool is stratified by source length (generation has no classes) and the 300-pair pool of the
+# default dictionary task has only five two-word pairs.
+BUDGET = {"gen-trigger": ["--clean-per-class", "5"]}
 DEFENSES = {
     "nft-layernorm": CONFIGS / "nft-layernorm.yaml",
     "nft-all-channels": CONFIGS / "nft-all-channels.yaml",
@@ -67,7 +72,7 @@ def run_row(name: str, work: Path, defenses: list[str], quiet: bool, seed: int) 
         out = work / f"{name}-{defense}"
         if not (out / "report.json").is_file():
             _run(["purify", "--run", str(attack_dir), "--out", str(out), "--config", str(DEFENSES[defense]),
-                  "--seed", str(seed), "--overwrite", "--no-plots", *flags])
+                  *BUDGET.get(name, []), "--seed", str(seed), "--overwrite", "--no-plots", *flags])
         row["defenses"][defense] = _report(out)
     return row
 
@@ -76,25 +81,54 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+# The issue's bars: the backdoor must reach ASR >= 85 % within TOLERANCE of the clean model's
+# metric, and a defense must bring ASR <= 10 % losing at most TOLERANCE (BLEU points or accuracy).
+TOLERANCE = {"bleu": 0.02, "acc": 0.04}
+START, END = "<!-- nlp-table:start -->", "<!-- nlp-table:end -->"
+
+
+def _mark(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| task | model | attack | metric | clean model | backdoored | ASR | defense | after | ASR after | Δ metric |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| task | model | attack | metric | clean model | backdoored | ASR | backdoor target met | defense "
+        "| after | ASR after | Δ metric | seconds | defense target met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         spec = row["spec"]
         metric = "bleu" if "bleu" in row["attack"] else "acc"
         task = "translation" if metric == "bleu" else "classification"
+        tol = TOLERANCE[metric]
+        attack_ok = row["attack"]["asr"] >= 0.85 and row["clean"][metric] - row["attack"][metric] <= tol
         first = True
         for defense, report in row["defenses"].items():
             before, after = report["before"], report["after"]
             head = (f"| {task} ({spec['dataset']}) | {spec['model']} | {spec['attack']} | {metric.upper()} | "
-                    f"{_pct(row['clean'][metric])} | {_pct(before[metric])} | {_pct(before['asr'])} |") if first \
-                else "| | | | | | | |"
+                    f"{_pct(row['clean'][metric])} | {_pct(before[metric])} | {_pct(before['asr'])} | "
+                    f"{_mark(attack_ok)} |") if first else "| | | | | | | | |"
+            defense_ok = after["asr"] <= 0.10 and before[metric] - after[metric] <= tol
             lines.append(f"{head} {defense} | {_pct(after[metric])} | {_pct(after['asr'])} | "
-                         f"{100 * (after[metric] - before[metric]):+.1f} |")
+                         f"{100 * (after[metric] - before[metric]):+.1f} | {report.get('seconds', 0):.0f} | "
+                         f"{_mark(defense_ok)} |")
             first = False
+    lines += ["", "Targets: backdoor ASR ≥ 85 % with the metric within 2 BLEU points (translation) or 4 "
+                  "accuracy points (classification) of the clean model; after the defense ASR ≤ 10 % with "
+                  "the metric down by at most as much. Command: `python scripts/nlp_table.py --write "
+                  "docs/nlp.md`; configs in `configs/nlp/`; one thread per process."]
     return "\n".join(lines) + "\n"
+
+
+def write_block(path: Path, block: str) -> None:
+    """Replace the text between the table markers of ``path`` (a Markdown file)."""
+    text = path.read_text() if path.is_file() else f"{START}\n{END}\n"
+    if START not in text or END not in text:
+        raise SystemExit(f"{path} has no {START} … {END} block to replace")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{block}{END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defenses", default=",".join(DEFENSES), help=f"out of {list(DEFENSES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the table here")
+    parser.add_argument("--write", type=Path, help="Markdown file whose nlp-table block is replaced")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -116,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         Path(args.out).write_text(table)
+    if args.write:
+        write_block(args.write, table)
     return 0
 
 

@@ -64,6 +64,15 @@ def test_yaml_config_and_flag_override(attack_run, tmp_path):
     assert not (out / "masks.safetensors").exists()
 
 
+def test_a_clean_budget_flag_replaces_the_config_files_budget(attack_run, tmp_path):
+    cfg = tmp_path / "purify.yaml"
+    cfg.write_text("method: ft\nclean_per_class: 10\ndefense:\n  steps: 3\n")
+    out = tmp_path / "ft"
+    assert main(["purify", "--run", str(attack_run), "--out", str(out), "--config", str(cfg),
+                 "--clean-count", "40", "--no-progress", "--no-plots"]) == 0
+    assert json.loads((out / "report.json").read_text())["clean_samples"] == 40
+
+
 def test_errors_are_one_line_and_write_nothing(attack_run, tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["purify", "--run", str(attack_run), "--out", str(out), "--method", "magic"]) == 2

@@ -164,6 +164,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 PURIFY_FLAGS = ("method", "clean_per_class", "clean_fraction", "clean_count", "seed", "device", "augmentation")
+CLEAN_BUDGETS = ("clean_per_class", "clean_fraction", "clean_count")
 
 
 def cmd_purify(args: argparse.Namespace) -> int:
@@ -182,13 +183,17 @@ def cmd_purify(args: argparse.Namespace) -> int:
     if not out:
         raise ConfigError("nft purify needs --out OUT (the run folder to create)")
     defense_overrides = file_cfg.pop("defense", {}) or {}
-    options = _merge(file_cfg, _flags(args, PURIFY_FLAGS))
+    flags = _flags(args, PURIFY_FLAGS)
+    if any(k in flags for k in CLEAN_BUDGETS):  # a budget given on the command line replaces the file's
+        for key in CLEAN_BUDGETS:
+            file_cfg.pop(key, None)
+    options = _merge(file_cfg, flags)
     unknown = sorted(set(options) - set(PURIFY_FLAGS))
     if unknown:
         raise ConfigError(f"unknown purify options {unknown}; known: {list(PURIFY_FLAGS)} and `defense`")
     method = options.get("method", "nft")
     defaults = DEFENSES.get(method)(None).config
-    budgets = [k for k in ("clean_per_class", "clean_fraction", "clean_count") if options.get(k) is not None]
+    budgets = [k for k in CLEAN_BUDGETS if options.get(k) is not None]
     if len(budgets) > 1:
         raise ConfigError(f"choose one clean budget, not {budgets}")
     if not budgets:
