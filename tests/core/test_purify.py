@@ -12,6 +12,7 @@ from nft.core import (
 )
 from nft.core.augment import Mixed, MixUp
 from nft.core.purify import PRESETS
+from nft.core.tasks import ClassificationTask
 
 from .toy_models import CNNBatchNorm
 
@@ -140,6 +141,24 @@ def test_distillation_is_dropped_with_a_note_when_there_is_no_clean_view(caplog)
                    augmentation=_NoCleanView())
     for name, mask in plain.masks.items():
         assert torch.equal(dropped.masks[name], mask)
+
+
+class _OpaqueTask(ClassificationTask):
+    """Classification scored as usual, but not declaring its outputs distillable."""
+
+    distillable = False
+
+
+def test_distillation_needs_a_task_that_declares_class_logits(caplog):
+    config = dict(calibrate_bias=False, **FAST)
+    with caplog.at_level("INFO", logger="nft.core.purify"):
+        dropped = purify(_model(), _data(), config=PurifyConfig(distill_weight=1.0, **config),
+                         task=_OpaqueTask())
+    assert "needs class logits" in caplog.text
+    plain = purify(_model(), _data(), config=PurifyConfig(distill_weight=0.0, **config), task=_OpaqueTask())
+    for name, mask in plain.masks.items():
+        assert torch.equal(dropped.masks[name], mask)
+    assert ClassificationTask.distillable
 
 
 def test_regulariser_is_divided_by_samples_per_class():

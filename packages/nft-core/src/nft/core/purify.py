@@ -312,12 +312,13 @@ class Purifier:
         return len(labels) / max(1, len(np.unique(labels)))
 
     def _distillation(self, model: nn.Module) -> CleanViewDistillation | None:
-        """A frozen copy of the model as it came in, for the distillation term (classification)."""
+        """A frozen copy of the model as it came in, for the distillation term (tasks whose
+        outputs are class logits along dimension 1: per sample, or per pixel)."""
         if self.config.distill_weight == 0:
             return None
-        if not isinstance(self.task, ClassificationTask):
-            log.info("clean-view distillation is for classification; %s trains without it",
-                     type(self.task).__name__)
+        if not getattr(self.task, "distillable", False):
+            log.info("clean-view distillation needs class logits (a task with distillable = True); "
+                     "%s trains without it", type(self.task).__name__)
             return None
         teacher = to_memory_format(copy.deepcopy(model).to(self.device), self.config.channels_last)
         return CleanViewDistillation(teacher, self.config.distill_weight,

@@ -20,7 +20,13 @@ __all__ = ["Task", "ClassificationTask"]
 
 @runtime_checkable
 class Task(Protocol):
-    """``forward(model, inputs)``, ``loss(outputs, targets) -> scalar``, ``predict(outputs)``."""
+    """``forward(model, inputs)``, ``loss(outputs, targets) -> scalar``, ``predict(outputs)``.
+
+    Optional attribute: ``distillable = True`` when ``forward`` returns class logits along
+    dimension 1 (``(B, C)`` or per position ``(B, C, ...)``), so NFT's clean-view distillation
+    can match a teacher's softened outputs; tasks without it (detection losses, token logits)
+    train without that term.
+    """
 
     def forward(self, model: nn.Module, inputs: Any) -> Any: ...
 
@@ -33,6 +39,7 @@ class ClassificationTask:
     """Logits in, cross-entropy loss, arg-max prediction. Labels are checked against the logits."""
 
     name = "classification"
+    distillable = True
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         self.label_smoothing = label_smoothing

@@ -35,6 +35,7 @@ class SegmentationTask:
     """
 
     name = "segmentation"
+    distillable = True  # per-pixel class logits (B, C, H, W): NFT's distillation matches them per pixel
 
     def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
         self.ignore_index = int(ignore_index)
