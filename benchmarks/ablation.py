@@ -61,7 +61,8 @@ def measure(runs: list[str], variants: list[str], out: Path, per_class: int, ste
                 common["masks"] = experiment.mask_config
             purify_config = variant_config(variant, **common)
             result = purify(experiment.model, clean, purify_config, task=experiment.task,
-                            augmentation=experiment.augmentation, input_space=experiment.input_space)
+                            augmentation=experiment.augmentation, input_space=experiment.input_space,
+                            collate_fn=experiment.collate_fn)
             after = experiment.evaluate(result.model)
             row = {"attack": spec.get("attack"), "model": spec.get("model"), "dataset": spec.get("dataset"),
                    "variant": variant, "per_class": per_class, "steps": purify_config.steps,

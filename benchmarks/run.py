@@ -126,7 +126,7 @@ def defense_times(experiment, clean, names) -> list[dict]:
             callbacks = (tracker,)
         result = purify(experiment.model, clean, config, method=name, task=experiment.task,
                         augmentation=experiment.augmentation, input_space=experiment.input_space,
-                        callbacks=callbacks)
+                        collate_fn=experiment.collate_fn, callbacks=callbacks)
         seconds = result.seconds - (tracker.spent if name == "nft" else 0.0)
         after = experiment.evaluate(result.model)
         reached = (tracker.reached if name == "nft" else (seconds if after["asr"] <= 0.05 else None))

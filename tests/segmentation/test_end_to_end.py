@@ -59,6 +59,7 @@ def test_nft_removes_the_backdoor_and_keeps_miou(attack_run, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "masks.safetensors", "metrics.png", "masks.png"}
     config = json.loads((out / "config.json").read_text())
     assert config["defense"]["masks"]["targets"] == ["norm"] and config["defense"]["weight_decay"] == 0.003
+    assert config["defense"]["distill_weight"] == 0.3  # per-pixel distillation from the original model
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text()) == pytest.approx(after)
 
