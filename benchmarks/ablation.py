@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from nft.core import MaskConfig, PurifyConfig, purify, select_clean_subset
+from nft.core.config import config_from_dict
 from nft.core.errors import ConfigError
 from nft.core.runs import load_run
 
@@ -56,8 +57,12 @@ def measure(runs: list[str], variants: list[str], out: Path, per_class: int, ste
         before = experiment.evaluate(experiment.model)
         for variant in variants:
             # the modality's masks and recommended settings first, as `nft purify` does
-            common = {"progress": False, **experiment.nft_overrides, **({"steps": steps} if steps else {})}
-            if experiment.mask_config is not None and "masks=" not in variant:
+            # (the reference preset takes the modality's mask placement but not its settings)
+            overrides = {} if "preset=nft-reference" in variant else experiment.nft_overrides
+            common = {"progress": False, **overrides, **({"steps": steps} if steps else {})}
+            if isinstance(common.get("masks"), dict):  # a modality's recommended placement
+                common["masks"] = config_from_dict(MaskConfig, common["masks"])
+            if experiment.mask_config is not None and "masks" not in common:
                 common["masks"] = experiment.mask_config
             purify_config = variant_config(variant, **common)
             result = purify(experiment.model, clean, purify_config, task=experiment.task,

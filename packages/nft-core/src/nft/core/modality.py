@@ -88,7 +88,8 @@ class Experiment:
     mask_config: MaskConfig | None = None
     nft_overrides: dict = field(default_factory=dict)
     """:class:`~nft.core.PurifyConfig` fields this modality recommends for NFT (e.g. fewer, smaller
-    steps for video); applied to the NFT family unless the user sets the same field."""
+    steps for video); applied to the NFT family unless the user sets the same field, except to
+    ``nft-reference``, which stays the reference code's recipe (on the modality's masks)."""
     input_space: InputSpace | None = None
     collate_fn: Callable[[list], Any] | None = None
     primary_metric: str = "acc"

@@ -81,7 +81,9 @@ def defense_config(method: str, experiment: Experiment, overrides: dict | None =
 
     Layers, later winning: the defense's registered defaults; for the NFT family, the modality's
     mask targets and recommended settings (``Experiment.mask_config`` / ``nft_overrides``); the
-    user's ``overrides`` (a plain dict of config fields, nested for ``masks``).
+    user's ``overrides`` (a plain dict of config fields, nested for ``masks``). ``nft-reference``
+    takes the modality's mask placement but not its recommended settings: it is the reference
+    code's recipe, exactly.
     """
     from .config import config_from_dict
     from .defenses import DEFENSES
@@ -92,7 +94,8 @@ def defense_config(method: str, experiment: Experiment, overrides: dict | None =
     if isinstance(defaults, PurifyConfig):
         if experiment.mask_config is not None:
             values["masks"] = config_to_dict(experiment.mask_config)
-        values.update(experiment.nft_overrides)
+        if method != "nft-reference":
+            values.update(experiment.nft_overrides)
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = {**values[key], **value}
