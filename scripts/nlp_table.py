@@ -122,13 +122,10 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_block(path: Path, block: str) -> None:
-    """Replace the text between the table markers of ``path`` (a Markdown file)."""
-    text = path.read_text() if path.is_file() else f"{START}\n{END}\n"
-    if START not in text or END not in text:
-        raise SystemExit(f"{path} has no {START} … {END} block to replace")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{block}{END}{tail}")
+    """Replace the table block of the Markdown file ``path``."""
+    from nft.core.io import replace_marked_block
+
+    replace_marked_block(path, START, END, block)
 
 
 def main(argv: list[str] | None = None) -> int:

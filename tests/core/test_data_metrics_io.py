@@ -146,3 +146,21 @@ def test_run_folder_is_all_or_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ok"]
     with pytest.raises(ConfigError, match="already exists"):
         RunFolder(tmp_path / "ok")
+
+
+def test_replace_marked_block_keeps_the_prose_around_the_table(tmp_path):
+    from nft.core.errors import ConfigError
+    from nft.core.io import replace_marked_block
+
+    guide = tmp_path / "guide.md"
+    guide.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
+    replace_marked_block(guide, "<!-- t:start -->", "<!-- t:end -->", "| new |\n")
+    assert guide.read_text() == "intro\n<!-- t:start -->\n| new |\n<!-- t:end -->\noutro\n"
+    fresh = tmp_path / "fresh.md"
+    replace_marked_block(fresh, "<a>", "<b>", "x\n")
+    assert fresh.read_text() == "<a>\nx\n<b>\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    with pytest.raises(ConfigError, match="no <a> … <b> block"):
+        replace_marked_block(plain, "<a>", "<b>", "x\n")
+    assert plain.read_text() == "no markers\n"

@@ -31,6 +31,7 @@ __all__ = [
     "load_model_weights",
     "load_tensors",
     "read_json",
+    "replace_marked_block",
     "save_tensors",
     "to_jsonable",
 ]
@@ -74,6 +75,22 @@ def to_jsonable(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return value.item()
     return value
+
+
+def replace_marked_block(path: str | Path, start: str, end: str, block: str) -> None:
+    """Replace the text between the marker lines ``start`` and ``end`` of a Markdown file.
+
+    The results scripts write their tables into the guides this way, so rerunning one updates
+    the guide without touching the prose around the table. A missing file is created with
+    just the block; a file without both markers is an error and is left as it was.
+    """
+    path = Path(path)
+    text = path.read_text() if path.is_file() else f"{start}\n{end}\n"
+    if start not in text or end not in text:
+        raise ConfigError(f"{path} has no {start} … {end} block to replace; add the two marker lines")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(path, f"{head}{start}\n{block}{end}{tail}")
 
 
 def write_json(path: str | Path, value: Any) -> None:
