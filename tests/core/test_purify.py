@@ -131,16 +131,20 @@ class _NoCleanView:
         return Mixed(mixed.inputs, mixed.targets)
 
 
-def test_distillation_is_dropped_with_a_note_when_there_is_no_clean_view(caplog):
+def _assert_distillation_dropped(caplog, note: str, **purify_kwargs):
+    """With ``purify_kwargs`` NFT logs ``note`` and trains exactly as with the term switched off."""
     config = dict(calibrate_bias=False, **FAST)
     with caplog.at_level("INFO", logger="nft.core.purify"):
         dropped = purify(_model(), _data(), config=PurifyConfig(distill_weight=1.0, **config),
-                         augmentation=_NoCleanView())
-    assert "no clean view" in caplog.text
-    plain = purify(_model(), _data(), config=PurifyConfig(distill_weight=0.0, **config),
-                   augmentation=_NoCleanView())
+                         **purify_kwargs)
+    assert note in caplog.text
+    plain = purify(_model(), _data(), config=PurifyConfig(distill_weight=0.0, **config), **purify_kwargs)
     for name, mask in plain.masks.items():
         assert torch.equal(dropped.masks[name], mask)
+
+
+def test_distillation_is_dropped_with_a_note_when_there_is_no_clean_view(caplog):
+    _assert_distillation_dropped(caplog, "no clean view", augmentation=_NoCleanView())
 
 
 class _OpaqueTask(ClassificationTask):
@@ -150,14 +154,7 @@ class _OpaqueTask(ClassificationTask):
 
 
 def test_distillation_needs_a_task_that_declares_class_logits(caplog):
-    config = dict(calibrate_bias=False, **FAST)
-    with caplog.at_level("INFO", logger="nft.core.purify"):
-        dropped = purify(_model(), _data(), config=PurifyConfig(distill_weight=1.0, **config),
-                         task=_OpaqueTask())
-    assert "needs class logits" in caplog.text
-    plain = purify(_model(), _data(), config=PurifyConfig(distill_weight=0.0, **config), task=_OpaqueTask())
-    for name, mask in plain.masks.items():
-        assert torch.equal(dropped.masks[name], mask)
+    _assert_distillation_dropped(caplog, "needs class logits", task=_OpaqueTask())
     assert ClassificationTask.distillable
 
 
