@@ -18,6 +18,7 @@ machine (DGCNN dominates).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -25,16 +26,18 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
-from nft.core import AttackSpec, PurifyConfig, RunFolder, TrainConfig, purify, select_clean_subset, train_model
+from nft.core import AttackSpec, RunFolder, TrainConfig, purify, select_clean_subset, train_model
+from nft.core.runs import defense_config
 from nft.core.io import read_json, write_json
-from nft.pointcloud import POINT_MIXES, evaluate_pointcloud, modality
+from nft.pointcloud import POINT_MIXES, RandomPointPatterns, evaluate_pointcloud, modality
 from nft.pointcloud.data import PointCloudDataset
 from nft.pointcloud.modality import PointCloudTask, build_model
 
+NFT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pointcloud" / "nft.yaml"
 ATTACKS = ("pointba-i", "pointba-o", "pcba", "irba")
 MODEL_ARGS = {"pointnet": {"width": 16}, "dgcnn": {"width": 8, "k": 8}, "pointnet2": {"width": 16}}
-NFT = {"steps": 300, "rounds": 5, "batch_size": 64, "lr": 0.05, "reg_weight": 0.02}  # configs/pointcloud/nft.yaml
 
 
 def spec_for(model: str, attack: str, args) -> AttackSpec:
@@ -74,23 +77,51 @@ def train_clean(model: str, args) -> dict:
     return metrics
 
 
+def nft_settings(args) -> tuple[dict, dict]:
+    """NFT settings over the modality's: configs/pointcloud/nft.yaml's ``defense`` section, then
+    the command line's; and the command line's options of the perturbations."""
+    config = dict(yaml.safe_load(NFT_CONFIG.read_text()).get("defense") or {})
+    config.update({key: getattr(args, attr) for key, attr in (
+        ("steps", "steps"), ("batch_size", "nft_batch"), ("lr", "lr"), ("lr_min", "lr_min"),
+        ("reg_weight", "reg"), ("distill_weight", "distill")) if getattr(args, attr) is not None})
+    augment = {key: getattr(args, key) for key in ("cluster_prob", "rotate_prob", "warp_prob", "max_angle",
+                                                   "max_warp") if getattr(args, key) is not None}
+    return config, augment
+
+
+def make_augmentation(exp, args, augment: dict):
+    """``--mix`` by name, or the modality's own augmentation; the perturbation options apply when
+    that is a ``RandomPointPatterns``."""
+    chosen = POINT_MIXES[args.mix]() if args.mix else exp.augmentation
+    if not augment:
+        return chosen
+    if not isinstance(chosen, RandomPointPatterns):
+        raise SystemExit(f"{chosen!r} takes no perturbation options")
+    current = {k: getattr(chosen, k) for k in ("cluster_prob", "rotate_prob", "warp_prob", "max_angle", "max_warp")}
+    return RandomPointPatterns(chosen.base, **{**current, **augment})
+
+
 def purify_run(run_dir: Path, args) -> dict:
-    key = f"{args.mix}-{args.per_class}-{args.steps}-{args.nft_batch}-{args.lr}-{args.reg}"
+    """NFT as ``nft purify`` runs it (the modality's settings), with the command line's overrides."""
+    overrides, augment = nft_settings(args)
+    exp = modality.load_experiment(run_dir)
+    augmentation = make_augmentation(exp, args, augment)
+    config = defense_config("nft", exp, {**overrides, "seed": args.seed, "progress": False})
+    key = hashlib.sha1(json.dumps([config.to_dict(), repr(augmentation), args.per_class],
+                                  sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = run_dir / f"nft-{key}.json"
     if path.is_file():
         return read_json(path)
-    exp = modality.load_experiment(run_dir)
     before = exp.evaluate(exp.model)
     clean = select_clean_subset(exp.defender_pool, per_class=args.per_class, labels=exp.pool_labels,
                                 seed=args.seed)
-    config = PurifyConfig(steps=args.steps, rounds=NFT["rounds"], batch_size=args.nft_batch, lr=args.lr,
-                          reg_weight=args.reg, masks=exp.mask_config, seed=args.seed, progress=False)
-    result = purify(exp.model, clean, config, task=exp.task, augmentation=POINT_MIXES[args.mix]())
+    result = purify(exp.model, clean, config, task=exp.task, augmentation=augmentation)
     after = exp.evaluate(result.model)
     out = {"before": before, "after": after, "seconds": result.seconds, "clean": len(clean),
-           "config": config.to_dict(), "mix": args.mix}
+           "config": config.to_dict(), "augmentation": repr(augmentation), "overrides": {**overrides, **augment}}
     write_json(path, out)
-    logging.info("purified %s: %s -> %s", run_dir.name, before, after)
+    logging.info("purified %s (%s): %s -> %s in %.0f s", run_dir.name, {**overrides, **augment} or "defaults",
+                 before, after, result.seconds)
     return out
 
 
@@ -123,11 +154,17 @@ def main(argv=None) -> int:
     p.add_argument("--test", type=int, default=600)
     p.add_argument("--holdout", type=int, default=300, help="the defender's clean pool")
     p.add_argument("--per-class", type=int, default=5)
-    p.add_argument("--mix", default="pointmix", choices=sorted(POINT_MIXES))
-    p.add_argument("--steps", type=int, default=NFT["steps"])
-    p.add_argument("--nft-batch", type=int, default=NFT["batch_size"])
-    p.add_argument("--lr", type=float, default=NFT["lr"])
-    p.add_argument("--reg", type=float, default=NFT["reg_weight"], help="mask regulariser weight (core default 0.001)")
+    p.add_argument("--mix", choices=sorted(POINT_MIXES),
+                   help="a plain mixing instead of the modality's augmentation (default: the modality's)")
+    nft = p.add_argument_group("NFT overrides (default: the modality's settings, as `nft purify`)")
+    nft.add_argument("--steps", type=int)
+    nft.add_argument("--nft-batch", type=int)
+    nft.add_argument("--lr", type=float)
+    nft.add_argument("--lr-min", type=float)
+    nft.add_argument("--reg", type=float, help="mask regulariser weight")
+    nft.add_argument("--distill", type=float, help="clean-view distillation weight (0: off)")
+    for name in ("cluster-prob", "rotate-prob", "warp-prob", "max-angle", "max-warp"):
+        nft.add_argument(f"--{name}", type=float, help="RandomPointPatterns option")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-clean", action="store_true", help="train only the backdoored models (parallel runs)")
     p.add_argument("--out", type=Path, help="also write the table here")

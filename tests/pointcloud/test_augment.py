@@ -5,11 +5,19 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from nft.core import ConfigError
 from nft.core.testing import AugmentationContract
-from nft.pointcloud import PointCloudTask, PointMix, PointMixup, PointNet, PointWiseMixUp, RSMix, optimal_assignment
-from nft.pointcloud.augment import random_tilt
+from nft.pointcloud import (
+    PointCloudTask,
+    PointMix,
+    PointMixup,
+    PointNet,
+    PointWiseMixUp,
+    RandomPointPatterns,
+    RSMix,
+    optimal_assignment,
+)
+from nft.pointcloud.augment import axis_angle_matrix, random_tilt
 
 
 def _batch():
@@ -57,6 +65,58 @@ def test_random_tilt_is_rigid_and_bounded():
     axis = e[:, 1] - e[:, 0]
     cos = (axis @ z) / axis.norm(dim=1)
     assert float(cos.min()) >= np.cos(np.deg2rad(43.0)) and float(cos.max()) < 1.0
+
+
+class TestRandomPointPatterns(_Contract):
+    def make_augmentation(self):
+        return RandomPointPatterns(PointMix(), cluster_prob=0.5, rotate_prob=0.5, warp_prob=0.5)
+
+
+def test_plain_mixings_give_the_mix_as_their_clean_view():
+    inputs, labels = _batch()
+    for aug in (PointMixup(), RSMix(), PointMix(), PointWiseMixUp()):
+        mixed = _mix(aug, inputs, labels, seed=3)
+        assert mixed.clean_inputs is mixed.inputs
+
+
+def test_random_point_patterns_perturb_the_mix_and_keep_it_as_the_clean_view():
+    """Every perturbation changes the clouds; ``clean_inputs`` is exactly the plain mix (same
+    seeds, same draws), and the labels are the mix's."""
+    inputs, labels = _batch()
+    plain = _mix(PointMix(), inputs, labels, seed=4)
+    for kind in ("cluster_prob", "rotate_prob", "warp_prob"):
+        probs = {"cluster_prob": 0.0, "rotate_prob": 0.0, "warp_prob": 0.0, kind: 1.0}
+        mixed = _mix(RandomPointPatterns(PointMix(), **probs), inputs, labels, seed=4)
+        assert torch.equal(mixed.clean_inputs, plain.inputs), kind
+        assert [w for _, w in mixed.targets] == [w for _, w in plain.targets]
+        for (a, _), (b, _) in zip(mixed.targets, plain.targets, strict=True):
+            assert torch.equal(a, b)
+        moved = (mixed.inputs - plain.inputs).norm(dim=-1)  # (B, N)
+        assert bool((moved.amax(dim=1) > 0.05).all()), kind  # every cloud perturbed
+        if kind == "cluster_prob":  # overwrites a few points, keeps the rest
+            changed = (moved > 0).sum(dim=1)
+            assert bool((changed >= 1).all()) and bool((changed <= 32 // 8).all())
+        if kind == "rotate_prob":  # rigid: pairwise distances kept
+            d = lambda p: ((p[:, :, None] - p[:, None]) ** 2).sum(-1)  # noqa: E731  (exact, not cdist's mm)
+            torch.testing.assert_close(d(mixed.inputs), d(plain.inputs), atol=1e-4, rtol=1e-4)
+        if kind == "warp_prob":  # not rigid, but the cloud keeps its centroid and radius
+            torch.testing.assert_close(mixed.inputs.mean(1), plain.inputs.mean(1), atol=1e-5, rtol=0)
+            radius = lambda p: (p - p.mean(1, keepdim=True)).norm(dim=-1).amax(1)  # noqa: E731
+            torch.testing.assert_close(radius(mixed.inputs), radius(plain.inputs), atol=1e-5, rtol=0)
+    still = RandomPointPatterns(PointMix(), cluster_prob=0, rotate_prob=0, warp_prob=0)
+    none = _mix(still, inputs, labels, seed=4)
+    assert torch.equal(none.inputs, plain.inputs)
+
+
+def test_axis_angle_matrix_is_a_rotation_by_the_angle():
+    axis = torch.nn.functional.normalize(torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), dim=1)
+    angle = torch.tensor([0.1, 0.5, 1.0, -0.7, 3.0])
+    rot = axis_angle_matrix(axis, angle)
+    torch.testing.assert_close(rot @ rot.transpose(1, 2), torch.eye(3).expand(5, 3, 3), atol=1e-5, rtol=0)
+    # the axis stays where it is
+    torch.testing.assert_close((rot @ axis.unsqueeze(-1)).squeeze(-1), axis, atol=1e-5, rtol=0)
+    trace = rot.diagonal(dim1=1, dim2=2).sum(-1)
+    torch.testing.assert_close(trace, 1 + 2 * angle.cos(), atol=1e-5, rtol=0)
 
 
 class TestPointWiseMixUp(_Contract):
@@ -132,3 +192,5 @@ def test_augmentations_reject_non_cloud_batches():
             _mix(aug, torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))
     with pytest.raises(ConfigError, match="alpha"):
         PointMixup(alpha=0)
+    with pytest.raises(ConfigError, match="rotate_prob"):
+        RandomPointPatterns(rotate_prob=1.5)

@@ -10,7 +10,15 @@ The ``modality`` object is what ``nft attack --modality pointcloud`` uses (entry
 """
 
 from .attacks import IRBA, PCBA, PointBAI, PointBAO, PointTrigger, rotation_matrix
-from .augment import POINT_MIXES, PointMix, PointMixup, PointWiseMixUp, RSMix, optimal_assignment
+from .augment import (
+    POINT_MIXES,
+    PointMix,
+    PointMixup,
+    PointWiseMixUp,
+    RandomPointPatterns,
+    RSMix,
+    optimal_assignment,
+)
 from .data import (
     MODELNET10_CLASSES,
     SHAPE_CLASSES,
@@ -50,6 +58,7 @@ __all__ = [
     "PointTrigger",
     "PointWiseMixUp",
     "RSMix",
+    "RandomPointPatterns",
     "SHAPE_CLASSES",
     "Shapes",
     "build_model",
