@@ -9,8 +9,8 @@ Finished stages are reused, so the script can be stopped and rerun.
         --attacks badnets blend clean-label --epochs 20 --train-limit 800
 
 NFT options: ``--set key=value`` sets any ``PurifyConfig`` field (``steps=200``,
-``batch_size=32``, ``lr=0.05`` …); the modality's augmentation (clip MixUp) and mask
-configuration are used as ``nft purify`` would.
+``batch_size=32``, ``lr=0.05`` …) over the modality's recommended settings; the modality's
+augmentation and mask configuration are used as ``nft purify`` would.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from nft.core import AttackSpec, PurifyConfig, RunFolder, load_model_weights, purify, select_clean_subset
-from nft.core.config import config_from_dict, config_to_dict
+from nft.core import AttackSpec, RunFolder, load_model_weights, purify, select_clean_subset
+from nft.core.config import config_to_dict
+from nft.core.runs import defense_config
 from nft.core.io import write_json
 from nft.video import evaluate_video, modality
 
@@ -96,15 +97,16 @@ def attack_stage(args, model: str, attack: str, clean_net) -> dict:
 
 def purify_stage(args, model: str, attack: str, overrides: dict) -> dict:
     folder = args.work / model / attack
-    tag = hashlib.sha256(json.dumps([overrides, args.clean_per_class, args.seed],
-                                    sort_keys=True).encode()).hexdigest()[:10]
+    experiment = modality.load_experiment(folder)
+    # the modality's mask placement and recommended settings, then --set: as `nft purify` runs
+    config = defense_config("nft", experiment, {**overrides, "seed": args.seed,
+                                                "progress": not args.no_progress})
+    settings = {k: v for k, v in config_to_dict(config).items() if k != "progress"}
+    tag = hashlib.sha256(json.dumps([settings, args.clean_per_class], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:10]
     result_file = folder / f"nft-{tag}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    experiment = modality.load_experiment(folder)
-    defaults = config_to_dict(PurifyConfig(masks=experiment.mask_config or PurifyConfig().masks))
-    config = config_from_dict(PurifyConfig, {**defaults, **overrides, "seed": args.seed,
-                                             "progress": not args.no_progress})
     clean = select_clean_subset(experiment.defender_pool, per_class=args.clean_per_class,
                                 seed=args.seed, labels=experiment.pool_labels)
     result = purify(experiment.model, clean, config, method="nft", task=experiment.task,

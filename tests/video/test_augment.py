@@ -57,6 +57,8 @@ def test_pattern_noise_adds_patterns_and_keeps_labels():
     mixed = aug(x, y, rng=np.random.default_rng(2), generator=torch.Generator().manual_seed(2))
     assert [w for _, w in mixed.targets] == [w for _, w in base.targets]
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(mixed.targets, base.targets))
+    # the clean view NFT's distillation shows the original model is the mix without patterns
+    assert torch.equal(mixed.clean_inputs, base.inputs) and torch.equal(base.clean_inputs, base.inputs)
     changed = (mixed.inputs != base.inputs).any(dim=1).any(dim=1)  # (B, H, W)
     for i in range(len(x)):
         idx = changed[i].nonzero()
@@ -94,6 +96,7 @@ def test_clip_mixup_uses_one_lambda_for_every_frame():
 def test_videomix_pastes_a_cuboid_and_weighs_by_volume(mode):
     for seed in range(6):
         x, y, mixed, _, order = _mix(VideoMix(1.0, mode), seed)
+        assert mixed.clean_inputs is mixed.inputs  # no pattern is added: the mix is its own clean view
         other = x[order]
         region = (mixed.inputs != x).any(dim=1).any(dim=0)  # (T, H, W) voxels taken from others
         (_, w_self), (t_other, w_other) = mixed.targets

@@ -3,7 +3,8 @@
 NFT's only source of unusual inputs is mixing clean samples, and the reference README points
 video tasks to VideoMix (Kim et al., "VideoMix: Rethinking Data Augmentation for Video
 Classification", arXiv 2012.03457). Both augmentations return the core's
-:class:`~nft.core.Mixed`, so the loss is the core's ``Σ w · task.loss``.
+:class:`~nft.core.Mixed`, so the loss is the core's ``Σ w · task.loss``, and give the mixed clips
+as the clean view (``clean_inputs``) that NFT's distillation shows the original model.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class ClipMixUp:
         lam = float(rng.beta(self.alpha, self.alpha))
         order = torch.randperm(inputs.shape[0], generator=generator)
         mixed = lam * inputs + (1.0 - lam) * permute_batch(inputs, order)
-        return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)))
+        return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)),
+                     clean_inputs=mixed)
 
     def hooks(self, model: nn.Module) -> AbstractContextManager:
         return nullcontext()
@@ -95,7 +97,8 @@ class VideoMix:
         mixed[:, :, t0:t1, y0:y1, x0:x1] = permute_batch(inputs, order)[:, :, t0:t1, y0:y1, x0:x1]
         pasted = (t1 - t0) * (y1 - y0) * (x1 - x0) / float(frames * height * width)
         keep = 1.0 - pasted
-        return Mixed(mixed, ((targets, keep), (permute_batch(targets, order), pasted)))
+        return Mixed(mixed, ((targets, keep), (permute_batch(targets, order), pasted)),
+                     clean_inputs=mixed)
 
     def hooks(self, model: nn.Module) -> AbstractContextManager:
         return nullcontext()
@@ -115,7 +118,8 @@ class PatternNoise:
     that video triggers are made of, so the channels that detect a trigger stay silent during
     mask fine-tuning and their masks get no gradient. Random patterns (which know nothing of the
     actual trigger) wake such channels up on clean content whose label is known, and the masks
-    learn to ignore them.
+    learn to ignore them. ``clean_inputs`` stays the mixed clips without the patterns, so NFT's
+    distillation asks the original model only about clips it has seen the like of.
     """
 
     name = "pattern-noise"
@@ -151,7 +155,7 @@ class PatternNoise:
                 alpha = float(rng.uniform(0.05, self.max_alpha))
                 noise = torch.rand((channels, frames, height, width), generator=generator).to(x)
                 x[i] = (1 - alpha) * x[i] + alpha * noise
-        return Mixed(x, mixed.targets)
+        return Mixed(x, mixed.targets, clean_inputs=mixed.clean_inputs)
 
     def hooks(self, model: nn.Module) -> AbstractContextManager:
         return nullcontext()
