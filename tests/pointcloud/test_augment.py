@@ -194,3 +194,21 @@ def test_augmentations_reject_non_cloud_batches():
         PointMixup(alpha=0)
     with pytest.raises(ConfigError, match="rotate_prob"):
         RandomPointPatterns(rotate_prob=1.5)
+
+
+def test_the_patterns_config_names_the_wrapper_and_valid_settings():
+    """configs/pointcloud/nft-patterns.yaml: its augmentation is RandomPointPatterns by its
+    registry name and its defense settings are NFT's, as `nft purify --config` reads them."""
+    from pathlib import Path
+
+    import yaml
+
+    from nft.core import PurifyConfig
+    from nft.core.config import config_from_dict
+    from nft.pointcloud import modality
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "pointcloud" / "nft-patterns.yaml"
+    config = yaml.safe_load(path.read_text())
+    augmentation = modality.augmentations.get(config["augmentation"])()
+    assert isinstance(augmentation, RandomPointPatterns) and isinstance(augmentation.base, PointMix)
+    assert config_from_dict(PurifyConfig, config["defense"]).steps == 300

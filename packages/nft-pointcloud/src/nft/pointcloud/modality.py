@@ -255,7 +255,10 @@ class PointCloudModality(Modality):
             # the regulariser weight of docs/pointcloud.md's table: with the core's 0.001, PointNet
             # masks drift on 50 clean clouds and accuracy drops by about 10 points. The output-bias
             # calibration cost 1-1.5 points on PointNet from 5 clouds per class (80.5 % -> 79.0 /
-            # 79.5 % on 200 test clouds), so it stays off here.
+            # 79.5 % on 200 test clouds), so it stays off here. The point mixings give a clean view,
+            # but clean-view distillation is off by measurement, not for want of one: on PointNet
+            # it kept the backdoors in place, with and without RandomPointPatterns (PCBA 10.7 ->
+            # 99.8 % ASR after NFT, PointBA-I 0.2 -> 69 %; docs/pointcloud.md).
             nft_overrides={"reg_weight": 0.02, "calibrate_bias": False, **WITHOUT_DISTILLATION},
             input_space=InputSpace(shape=(train.num_points, 3), lower=-1.0, upper=1.0),
             primary_metric="acc",
