@@ -102,7 +102,7 @@ def purify_stage(args, model: str, attack: str, overrides: dict) -> dict:
     config = defense_config("nft", experiment, {**overrides, "seed": args.seed,
                                                 "progress": not args.no_progress})
     settings = {k: v for k, v in config_to_dict(config).items() if k != "progress"}
-    tag = hashlib.sha256(json.dumps([settings, args.clean_per_class], sort_keys=True,
+    tag = hashlib.sha256(json.dumps([settings, args.clean_per_class, args.core_augmentation], sort_keys=True,
                                     default=str).encode()).hexdigest()[:10]
     result_file = folder / f"nft-{tag}.json"
     if result_file.is_file():
@@ -110,7 +110,7 @@ def purify_stage(args, model: str, attack: str, overrides: dict) -> dict:
     clean = select_clean_subset(experiment.defender_pool, per_class=args.clean_per_class,
                                 seed=args.seed, labels=experiment.pool_labels)
     result = purify(experiment.model, clean, config, method="nft", task=experiment.task,
-                    augmentation=experiment.augmentation, input_space=experiment.input_space)
+                    augmentation=None if args.core_augmentation else experiment.augmentation, input_space=experiment.input_space)
     after = experiment.evaluate(result.model)
     out = {"after": after, "seconds": result.seconds, "clean_samples": len(clean),
            "config": config_to_dict(config), "overrides": overrides}
@@ -141,6 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--clean-per-class", type=int, default=5)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="PurifyConfig field")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--core-augmentation", action="store_true",
+                   help="the core's MixUp + random patterns (pattern_prob) instead of the modality's")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, help="also write the Markdown table here")
     args = p.parse_args(argv)

@@ -202,11 +202,12 @@ _REFERENCE = PurifyConfig(steps=1000, lr=0.05, lr_min=0.02, norm_stats="update",
                           calibrate_bias=False, masks=MaskConfig(skip_first_norm=True))
 
 WITHOUT_DISTILLATION: dict[str, float] = {"distill_weight": 0.0, "lr": 0.05, "lr_min": 0.02}
-"""``nft`` for a modality whose augmentation gives no input-space clean view (text embeddings,
-point sets, clips, detection and segmentation batches): no distillation, so no teacher copy is
-made, and the reference code's mask learning rates, which the shipped 0.1 → 0.05 replaced only
-together with the distillation term. Such modalities put these in their ``nft_overrides``; their
-results were measured with them."""
+"""``nft`` without the distillation term: no teacher copy is made, and the reference code's mask
+learning rates, which the shipped 0.1 → 0.05 replaced only together with the distillation term.
+For modalities whose augmentation gives no input-space clean view (text embeddings, detection
+batches) or where the term was measured to hurt (point sets: it kept every backdoor,
+``docs/pointcloud.md``). Such modalities put these in their ``nft_overrides``; their results
+were measured with them."""
 
 PRESETS: dict[str, PurifyConfig] = {
     "nft": PurifyConfig(),
