@@ -27,9 +27,10 @@ from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+
 from nft.core import ConfigError, Mixed, MixUp
 from nft.core.augment import permute_batch
-from torch import Tensor, nn
 
 __all__ = ["POINT_AUGMENTATIONS", "POINT_MIXES", "PointMix", "PointMixup", "PointWiseMixUp", "RSMix",
            "RandomPointPatterns", "axis_angle_matrix", "optimal_assignment"]
