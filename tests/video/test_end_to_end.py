@@ -56,10 +56,14 @@ def test_blend_takes_hold_through_the_command(blend_run):
 
 def test_nft_purify_removes_the_backdoor(blend_run, tmp_path):
     """Measured: ACC 90.0 → 84.4 %, ASR 94.1 → 10.4 % in one run, ACC 83.3 → 59.4 % in another
-    (150 steps of 16 clips at the core's learning rate; 0.2 took ACC to 51.7 %)."""
+    (150 steps of 16 clips at mask rate 0.05 → 0.02, before distillation). This 120-clip model
+    does not stand the modality's rate 0.2 (ACC 85.0 → 45.6 % with it, and 51.7 % before
+    distillation; docs/video.md), so the test runs the modality's distillation and clipping at
+    the reference rate."""
     out = tmp_path / "purified"
     _nft("purify", "--run", str(blend_run), "--out", str(out), "--clean-per-class", "5",
-         "--steps", "150", "--set", "batch_size=16", "--no-progress", "--no-plots")
+         "--steps", "150", "--set", "batch_size=16", "--set", "lr=0.05", "--set", "lr_min=0.02",
+         "--no-progress", "--no-plots")
     report = json.loads((out / "report.json").read_text())
     before, after = report["before"], report["after"]
     assert report["clean_samples"] == 20
