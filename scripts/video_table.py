@@ -28,8 +28,8 @@ import yaml
 
 from nft.core import AttackSpec, RunFolder, load_model_weights, purify, select_clean_subset
 from nft.core.config import config_to_dict
-from nft.core.runs import defense_config
 from nft.core.io import write_json
+from nft.core.runs import defense_config
 from nft.video import evaluate_video, modality
 
 log = logging.getLogger("video_table")
@@ -102,15 +102,16 @@ def purify_stage(args, model: str, attack: str, overrides: dict) -> dict:
     config = defense_config("nft", experiment, {**overrides, "seed": args.seed,
                                                 "progress": not args.no_progress})
     settings = {k: v for k, v in config_to_dict(config).items() if k != "progress"}
-    tag = hashlib.sha256(json.dumps([settings, args.clean_per_class, args.core_augmentation], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:10]
+    key = [settings, args.clean_per_class, args.core_augmentation]
+    tag = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     result_file = folder / f"nft-{tag}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     clean = select_clean_subset(experiment.defender_pool, per_class=args.clean_per_class,
                                 seed=args.seed, labels=experiment.pool_labels)
+    augmentation = None if args.core_augmentation else experiment.augmentation  # None: the core's
     result = purify(experiment.model, clean, config, method="nft", task=experiment.task,
-                    augmentation=None if args.core_augmentation else experiment.augmentation, input_space=experiment.input_space)
+                    augmentation=augmentation, input_space=experiment.input_space)
     after = experiment.evaluate(result.model)
     out = {"after": after, "seconds": result.seconds, "clean_samples": len(clean),
            "config": config_to_dict(config), "overrides": overrides}
