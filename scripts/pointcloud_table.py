@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import yaml
 from nft.core import AttackSpec, RunFolder, TrainConfig, purify, select_clean_subset, train_model
+from nft.core.cli import parse_assignments
 from nft.core.io import read_json, replace_marked_block, write_json
 from nft.core.runs import defense_config
 from nft.pointcloud import POINT_MIXES, RandomPointPatterns, evaluate_pointcloud, modality
@@ -89,9 +90,7 @@ def nft_settings(args) -> tuple[dict, dict]:
     config.update({key: getattr(args, attr) for key, attr in (
         ("steps", "steps"), ("batch_size", "nft_batch"), ("lr", "lr"), ("lr_min", "lr_min"),
         ("reg_weight", "reg"), ("distill_weight", "distill")) if getattr(args, attr) is not None})
-    for item in args.set:
-        key, _, value = item.partition("=")
-        config[key] = yaml.safe_load(value)
+    config.update(parse_assignments(args.set, "--set"))
     augment = {key: getattr(args, key) for key in ("cluster_prob", "rotate_prob", "warp_prob", "max_angle",
                                                    "max_warp") if getattr(args, key) is not None}
     return config, augment

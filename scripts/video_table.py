@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from nft.core import AttackSpec, RunFolder, load_model_weights, purify, select_clean_subset
+from nft.core.cli import parse_assignments
 from nft.core.config import config_to_dict
 from nft.core.io import write_json
 from nft.core.runs import defense_config
@@ -35,28 +35,16 @@ from nft.video import evaluate_video, modality
 log = logging.getLogger("video_table")
 
 
-def parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        key, _, raw = item.partition("=")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return out
-
-
 def spec_for(args, model: str, attack: str) -> AttackSpec:
     attack_args = {}
     poison_rate = args.poison_rate
     if attack == "clean-label":
         poison_rate = args.clean_label_rate
-        attack_args = parse_sets(args.clean_label_arg)
+        attack_args = parse_assignments(args.clean_label_arg, "--clean-label-arg")
     return modality.resolve(AttackSpec(
         model=model, attack=attack, epochs=args.epochs, seed=args.seed, poison_rate=poison_rate,
         train_limit=args.train_limit, holdout=args.holdout, attack_args=attack_args,
-        model_args=parse_sets(args.model_arg), progress=not args.no_progress))
+        model_args=parse_assignments(args.model_arg, "--model-arg"), progress=not args.no_progress))
 
 
 def clean_stage(args, model: str) -> tuple[torch.nn.Module, dict]:
@@ -149,7 +137,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = parse_sets(args.set)
+    overrides = parse_assignments(args.set, "--set")
 
     lines = ["| model | attack | clean model ACC | backdoor ACC | backdoor ASR | NFT ACC | NFT ASR | "
              "ACC drop (NFT) | ACC gap to clean (backdoor) | NFT time (s) |",

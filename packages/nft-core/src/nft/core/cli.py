@@ -45,7 +45,7 @@ def _run_folder(out: str | Path, overwrite: bool) -> RunFolder:
 
 
 
-def _parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     """``["a=1", "masks.targets=[norm, conv]"]`` -> ``{"a": 1, "masks": {"targets": [...]}}``."""
     out: dict[str, Any] = {}
     for item in items or ():
@@ -147,9 +147,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     modality = load_modality(modality_name)
     values = _merge(file_cfg, _flags(args, ATTACK_FLAGS))
     values["attack_args"] = _merge(values.get("attack_args", {}),
-                                   _parse_assignments(args.attack_arg, "--attack-arg"))
+                                   parse_assignments(args.attack_arg, "--attack-arg"))
     values["model_args"] = _merge(values.get("model_args", {}),
-                                  _parse_assignments(args.model_arg, "--model-arg"))
+                                  parse_assignments(args.model_arg, "--model-arg"))
     values["progress"] = not args.no_progress
     spec = modality.resolve(config_from_dict(AttackSpec, values))  # resolved here to validate early
     if spec.mode not in MODES:
@@ -200,7 +200,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
         options["clean_per_class"] = 10
     seed = int(options.get("seed", 0))
 
-    overrides = _merge(defense_overrides, _parse_assignments(args.set, "--set"))
+    overrides = _merge(defense_overrides, parse_assignments(args.set, "--set"))
     if args.steps is not None:
         overrides["steps"] = args.steps
     overrides.update(seed=seed, progress=not args.no_progress)
