@@ -45,6 +45,9 @@ def test_purify_writes_report_and_evaluate_reads_it(attack_run, tmp_path, capsys
         assert set(report[side]) == {"acc", "asr", "ra"}
         assert all(0 <= v <= 1 for v in report[side].values())
     assert report["seconds"] > 0 and 0 <= report["der"] <= 1
+    check = report["clean_set"]  # the defender's own clean set, scored before and after
+    assert check["samples"] == 50 and check["before"] >= 0.9 and check["before"] - check["after"] <= 0.2
+    assert f"Clean-set score (50 samples): {100 * check['before']:.2f} % before" in (out / "report.md").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["defense"]["steps"] == 40 and config["defense"]["batch_size"] == 32
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "eval.json")]) == 0

@@ -13,6 +13,7 @@ from .config import DefenseConfig
 from .data import SeededBatches, dataset_labels, select_clean_subset
 from .defenses import DEFENSES, Defense, DefenseContext, DefenseOutcome, InputSpace, get_defense
 from .errors import ConfigError, DataError, NFTError, NonFiniteLossError, UnsafeFileError
+from .guard import PurificationWarning
 from .io import RunFolder, load_model_weights, load_tensors, save_tensors
 from .masking import MaskConfig, MaskedModel, MaskTarget, inject_masks, mask_candidates, register_mask_target
 from .metrics import defense_effectiveness_rating, evaluate_classification
@@ -53,6 +54,7 @@ __all__ = [
     "NoClamp",
     "NonFiniteLossError",
     "PoisonedDataset",
+    "PurificationWarning",
     "PurifyConfig",
     "PurifyResult",
     "Purifier",

@@ -14,6 +14,7 @@ from .augment import Augmentation
 from .config import DefenseConfig
 from .defenses import Defense, DefenseContext, InputSpace, get_defense
 from .errors import ConfigError, DataError
+from .guard import check_clean_set, clean_set_score
 from .purify import PurifyResult
 from .tasks import Task
 
@@ -48,7 +49,9 @@ def purify(
 
     Returns:
         a :class:`~nft.core.PurifyResult`: ``.model`` (same class as ``model``), ``.masks``,
-        ``.seconds`` and the run's history.
+        ``.seconds`` and the run's history. ``.info["clean_set"]`` holds the task's score on
+        the clean set before and after (when the task has ``score``); a fall of more than 20
+        points raises a :class:`~nft.core.guard.PurificationWarning`.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"purify needs a torch.nn.Module, got {type(model).__name__}")
@@ -61,11 +64,15 @@ def purify(
     )
     defense.check(context)
     work = model if inplace else copy.deepcopy(model)
+    score_before = clean_set_score(work, clean_dataset, context.task, collate_fn=collate_fn)
     start = time.perf_counter()
     outcome = defense.run(work, clean_dataset, context)
     seconds = time.perf_counter() - start
+    score_after = clean_set_score(outcome.model, clean_dataset, context.task, collate_fn=collate_fn)
+    check = check_clean_set(score_before, score_after, method=defense.name,
+                            dataset_size=len(clean_dataset))
+    info = {**outcome.info, **({"clean_set": check} if check else {})}
     return PurifyResult(
         model=outcome.model, masks=outcome.masks, method=defense.name, config=defense.config,
-        seconds=seconds, clean_samples=len(clean_dataset), history=outcome.history,
-        info=outcome.info,
+        seconds=seconds, clean_samples=len(clean_dataset), history=outcome.history, info=info,
     )

@@ -231,6 +231,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
         "method": method, "before": before, "after": after, "seconds": result.seconds,
         "clean_samples": len(clean),
         "der": defense_effectiveness_rating(before, after, experiment.primary_metric),
+        "clean_set": result.info.get("clean_set"),  # the task's score on the clean set, before / after
         "history": result.history,
     }
     with _run_folder(out, args.overwrite) as run:

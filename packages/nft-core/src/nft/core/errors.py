@@ -16,6 +16,13 @@ class ConfigError(NFTError, ValueError):
 class DataError(NFTError, ValueError):
     """The data given (clean set, labels, shapes, files) cannot be used as it is."""
 
+    @classmethod
+    def model_cannot_run(cls, inputs, err: Exception) -> DataError:
+        """The error for a model that fails on the first batch of the clean set."""
+        shape = tuple(inputs.shape) if hasattr(inputs, "shape") else type(inputs).__name__
+        return cls(f"the model could not run on the clean inputs (batch shape {shape}): {err}. "
+                   "Check that the dataset's transform produces what the model expects")
+
 
 class NonFiniteLossError(NFTError, FloatingPointError):
     """The training loss became NaN or infinite; nothing is written."""

@@ -121,4 +121,8 @@ def report_markdown(report: dict, *, title: str = "Purification report",
              "| after | " + " | ".join(_fmt(after[k]) for k in keys) + " |"]
     if "der" in report:
         lines += ["", f"DER: {100 * report['der']:.2f}%"]
+    if report.get("clean_set"):  # nft.core.guard: the defender's own data, no attack data
+        check = report["clean_set"]
+        lines += [f"Clean-set score ({check['samples']} samples): {_fmt(check['before'])} % before, "
+                  f"{_fmt(check['after'])} % after"]
     return "\n".join(lines) + "\n"

@@ -386,11 +386,7 @@ class Purifier:
             except (RuntimeError, TypeError, ValueError) as err:
                 if self._checked:
                     raise
-                shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-                raise DataError(
-                    f"the model could not run on the clean inputs (batch shape {shape}): {err}. "
-                    "Check that the dataset's transform produces what the model expects"
-                ) from None
+                raise DataError.model_cannot_run(inputs, err) from None
             self._checked = True
             loss = mixed_loss(self.task, outputs, mixed)
             if self.distillation is not None and (term := self._distill(outputs, mixed)) is not None:

@@ -26,6 +26,10 @@ class Task(Protocol):
     dimension 1 (``(B, C)`` or per position ``(B, C, ...)``), so NFT's clean-view distillation
     can match a teacher's softened outputs; tasks without it (detection losses, token logits)
     train without that term.
+
+    Optional method: ``score(outputs, targets) -> (correct, total)``, the task's accuracy as a
+    count; ``purify()`` uses it to check the model on the clean set before and after a defense
+    (:mod:`nft.core.guard`). Tasks without it are not checked.
     """
 
     def forward(self, model: nn.Module, inputs: Any) -> Any: ...
@@ -64,6 +68,10 @@ class ClassificationTask:
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(dim=1)
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+        """Correct arg-max predictions and the number of labelled samples."""
+        return int((self.predict(outputs) == targets).sum()), int(targets.numel())
 
     def __repr__(self) -> str:
         return f"ClassificationTask(label_smoothing={self.label_smoothing})"

@@ -70,5 +70,10 @@ class SegmentationTask:
     def predict(self, outputs: Any) -> torch.Tensor:
         return logits_of(outputs).argmax(dim=1)
 
+    def score(self, outputs: Any, targets: torch.Tensor) -> tuple[int, int]:
+        """Pixel accuracy as a count: correct labelled pixels, labelled pixels (255 left out)."""
+        valid = targets != self.ignore_index
+        return int((self.predict(outputs) == targets)[valid].sum()), int(valid.sum())
+
     def __repr__(self) -> str:
         return f"SegmentationTask(ignore_index={self.ignore_index})"

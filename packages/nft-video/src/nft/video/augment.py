@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nft.core import ConfigError, Mixed
+from nft.core import ConfigError, Mixed, MixUp
 from nft.core.augment import permute_batch
 
 __all__ = ["ClipMixUp", "PatternNoise", "VideoMix"]
@@ -29,28 +29,16 @@ def _check_clips(inputs, name: str) -> None:
         raise ConfigError(f"{name} mixes float clip batches of shape (B, C, T, H, W), got {shape}")
 
 
-class ClipMixUp:
-    """MixUp of whole clips: ``x̃ = λ·x + (1−λ)·x[π]`` with one ``λ ~ Beta(α, α)`` shared by every
-    frame of a clip (mixing frames with different weights would create motion that is in neither
-    clip). λ is drawn once per batch, so the targets keep the core's scalar weights."""
+class ClipMixUp(MixUp):
+    """The core's MixUp on whole clips, with their shape checked: ``x̃ = λ·x + (1−λ)·x[π]`` with
+    one ``λ ~ Beta(α, α)`` per batch, so every frame of a clip shares it (mixing frames with
+    different weights would create motion that is in neither clip)."""
 
     name = "clip-mixup"
 
-    def __init__(self, alpha: float = 1.0) -> None:
-        if not alpha > 0:
-            raise ConfigError(f"clip MixUp alpha must be positive, got {alpha}")
-        self.alpha = float(alpha)
-
     def __call__(self, inputs, targets, *, rng: np.random.Generator, generator: torch.Generator) -> Mixed:
         _check_clips(inputs, "ClipMixUp")
-        lam = float(rng.beta(self.alpha, self.alpha))
-        order = torch.randperm(inputs.shape[0], generator=generator)
-        mixed = lam * inputs + (1.0 - lam) * permute_batch(inputs, order)
-        return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)),
-                     clean_inputs=mixed)
-
-    def hooks(self, model: nn.Module) -> AbstractContextManager:
-        return nullcontext()
+        return super().__call__(inputs, targets, rng=rng, generator=generator)
 
     def __repr__(self) -> str:
         return f"ClipMixUp(alpha={self.alpha})"
