@@ -101,3 +101,11 @@ def test_task_ignores_255_and_checks_labels():
     assert torch.equal(task.predict({"out": logits}), logits.argmax(1))
     with pytest.raises(DataError, match="'out'"):
         task.predict({"aux": logits})
+
+
+def test_score_counts_labelled_pixels_only():
+    """The clean-set check (nft.core.guard) scores pixel accuracy; 255 pixels are left out."""
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 1] = 1.0  # every pixel predicted as class 1
+    labels = torch.tensor([[[1, 2], [255, 1]]])
+    assert SegmentationTask().score(logits, labels) == (2, 3)
