@@ -11,7 +11,9 @@ writes table.md and table.json next to the runs and prints the table.
     python scripts/vision_table.py --set steps=2000      # a purification option for every row
 
 Pass criteria (issue 4): backdoored ASR ≥ 85% with ACC within 3 points of the clean model; after
-NFT, ASR ≤ 10% and ACC down by at most 4 points.
+NFT, ASR ≤ 10% and ACC down by at most 4 points. The learned attacks (issue 5) may cost 4 points
+of clean accuracy, and the composite backdoor, which its paper reports weaker, passes at ASR ≥ 70%
+before and ≤ 25% after.
 """
 
 from __future__ import annotations
@@ -121,6 +123,20 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+PATTERN_BARS = {"asr": 0.85, "acc_gap": 0.03, "asr_after": 0.10, "acc_drop": 0.04}
+LEARNED = ("inputaware", "dynamic", "lira", "issba", "fba", "cba")
+BARS = {**{name: {**PATTERN_BARS, "acc_gap": 0.04} for name in LEARNED},
+        "cba": {**PATTERN_BARS, "acc_gap": 0.04, "asr": 0.70, "asr_after": 0.25}}
+
+
+def passes(attack: str, before: dict, after: dict, clean_acc: float | None) -> tuple[bool, bool]:
+    """Whether the attack took hold and whether NFT removed it, by the attack's issue's bars."""
+    bar = BARS.get(attack, PATTERN_BARS)
+    attack_ok = before["asr"] >= bar["asr"] and (clean_acc is None or before["acc"] >= clean_acc - bar["acc_gap"])
+    nft_ok = after["asr"] <= bar["asr_after"] and after["acc"] >= before["acc"] - bar["acc_drop"]
+    return attack_ok, nft_ok
+
+
 def render(results: dict) -> str:
     clean_acc = results.get("clean", {}).get("attack", {}).get("acc")
     lines = [
@@ -133,8 +149,7 @@ def render(results: dict) -> str:
         if name == "clean" or "purify" not in entry:
             continue
         before, after = entry["purify"]["before"], entry["purify"]["after"]
-        attack_ok = before["asr"] >= 0.85 and (clean_acc is None or before["acc"] >= clean_acc - 0.03)
-        nft_ok = after["asr"] <= 0.10 and after["acc"] >= before["acc"] - 0.04
+        attack_ok, nft_ok = passes(entry.get("spec", {}).get("attack", name), before, after, clean_acc)
         lines.append(
             f"| {name} | {_pct(before['acc'])} | {_pct(before['asr'])} | {_pct(before['ra'])} | "
             f"{_pct(after['acc'])} | {_pct(after['asr'])} | {_pct(after['ra'])} | "
