@@ -6,11 +6,15 @@
 Every run goes through the `nft` command with the YAML files of ``configs/segmentation``:
 ``clean.yaml`` (the same training without poison: the reference mIoU), one attack file per row
 (``hidden-seg.yaml``, ``badnets-seg.yaml``) and ``nft.yaml`` (the purification). Finished run
-folders are reused, so a killed run resumes; ``--fresh`` retrains everything. ``--write``
+folders are reused, so a killed run resumes; a purified folder made with other NFT settings (the
+modality's ``nft_overrides``, ``nft.yaml``) is redone; ``--fresh`` retrains everything. ``--write``
 replaces the block between the table markers of the given Markdown file.
 
 The table checks the issue's targets: backdoor ASR ≥ 85 % with clean mIoU within 5 points of the
-clean model, and after NFT ASR ≤ 10 % with mIoU down by at most 5 points.
+clean model, and after NFT ASR ≤ 10 % with mIoU down by at most 5 points. Its "no-trigger ASR"
+columns score the same victim pixels on the same test images without the trigger: the share a
+model predicts as the target class anyway (its floor), so the part of an ASR that is the
+backdoor is the difference.
 """
 
 from __future__ import annotations
@@ -52,14 +56,45 @@ def _attack(name: str, out: Path, fresh: bool) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+def _stale(run: Path, out: Path) -> bool:
+    """Whether the purified folder ``out`` was made with other settings than the current ones:
+    the modality's ``nft_overrides``, ``nft.yaml``'s ``defense`` mapping and its clean budget."""
+    from nft.core import load_modality
+
+    done = json.loads((out / "config.json").read_text())
+    purify = yaml.safe_load((CONFIGS / "nft.yaml").read_text())
+    wanted = {**load_modality("segmentation").load_experiment(run, device="cpu").nft_overrides,
+              **(purify.get("defense") or {})}
+    budget = {k: purify.get(k) for k in ("clean_per_class", "clean_fraction", "clean_count")}
+    wanted = json.loads(json.dumps(wanted))  # tuples as the saved config's lists
+    for key, value in wanted.items():
+        have = done["defense"].get(key)
+        if isinstance(value, dict) and isinstance(have, dict):
+            if any(have.get(k) != v for k, v in value.items()):
+                return True
+        elif have != value:
+            return True
+    return done.get("clean") != budget
+
+
 def _purify(run: Path, out: Path, fresh: bool) -> dict:
-    if fresh and out.exists():
+    if (fresh or ((out / "report.json").is_file() and _stale(run, out))) and out.exists():
         shutil.rmtree(out)
     if not (out / "report.json").is_file():
         log.info("purifying %s -> %s", run, out)
         _nft("purify", "--config", str(CONFIGS / "nft.yaml"), "--run", str(run), "--out", str(out),
              "--no-progress", "--overwrite")
     return json.loads((out / "report.json").read_text())
+
+
+def _untriggered_asr(run: Path, weights: Path | None = None) -> float:
+    """ASR of the run's model (or of ``weights``) on its victim test images without the trigger."""
+    from nft.core import load_modality, load_model_weights
+
+    srun, model = load_modality("segmentation").load_run(run)
+    if weights is not None:
+        load_model_weights(model, weights)
+    return srun.untriggered_asr(model.eval(), device="cpu")
 
 
 def _pct(value: float) -> str:
@@ -72,20 +107,21 @@ def _mark(ok: bool) -> str:
 
 def table(clean: dict, rows: list[tuple[str, dict, dict]], settings: dict) -> str:
     lines = [
-        "| model | mIoU (%) | ASR (%) | RA (%) | mIoU vs clean | backdoor target met | "
-        "mIoU after NFT (%) | ASR after NFT (%) | mIoU drop | NFT target met |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| clean (no poison) | {_pct(clean['miou'])} | {_pct(clean['asr'])} | {_pct(clean['ra'])} "
-        "| – | – | – | – | – | – |",
+        "| model | mIoU (%) | ASR (%) | no-trigger ASR (%) | RA (%) | mIoU vs clean | "
+        "backdoor target met | mIoU after NFT (%) | ASR after NFT (%) | no-trigger ASR after NFT (%) "
+        "| mIoU drop | NFT target met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| clean (no poison) | {_pct(clean['miou'])} | {_pct(clean['asr'])} | {_pct(clean['floor'])} "
+        f"| {_pct(clean['ra'])} | – | – | – | – | – | – | – |",
     ]
     for name, attack, purified in rows:
         gap = clean["miou"] - attack["miou"]
         after = purified["after"]
         drop = purified["before"]["miou"] - after["miou"]
         lines.append(
-            f"| {name} | {_pct(attack['miou'])} | {_pct(attack['asr'])} | {_pct(attack['ra'])} "
-            f"| {-100 * gap:+.1f} | {_mark(attack['asr'] >= 0.85 and gap <= 0.05)} "
-            f"| {_pct(after['miou'])} | {_pct(after['asr'])} | {100 * drop:.1f} "
+            f"| {name} | {_pct(attack['miou'])} | {_pct(attack['asr'])} | {_pct(attack['floor'])} "
+            f"| {_pct(attack['ra'])} | {-100 * gap:+.1f} | {_mark(attack['asr'] >= 0.85 and gap <= 0.05)} "
+            f"| {_pct(after['miou'])} | {_pct(after['asr'])} | {_pct(purified['floor'])} | {100 * drop:.1f} "
             f"| {_mark(after['asr'] <= 0.10 and drop <= 0.05)} |")
     lines += ["", settings["note"]]
     return "\n".join(lines) + "\n"
@@ -123,10 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     clean = _attack("clean", args.out / "clean", args.fresh)
+    clean["floor"] = _untriggered_asr(args.out / "clean")
     rows = []
     for name in ATTACKS:
         attack = _attack(name, args.out / name, args.fresh)
+        attack["floor"] = _untriggered_asr(args.out / name)
         purified = _purify(args.out / name, args.out / f"{name}-nft", args.fresh)
+        purified["floor"] = _untriggered_asr(args.out / name, args.out / f"{name}-nft" / "model.safetensors")
         rows.append((name, attack, purified))
     block = table(clean, rows, _settings())
     sys.stdout.write(block)

@@ -130,6 +130,8 @@ def test_attacks_stamp_the_trigger_and_relabel_only_victim_pixels(name):
     test = TriggeredSegmentation(data, [0], attack)
     tx, ty = test[0]
     assert torch.equal(tx, triggered) and (ty[where] == 255).all() and (ty[~where] == y[~where]).all()
+    ux, uy = TriggeredSegmentation(data, [0], attack, stamp=False)[0]  # the floor: same pixels, no trigger
+    assert torch.equal(ux, x) and torch.equal(uy, ty)
 
 
 def test_attack_geometry_and_options():
@@ -188,6 +190,10 @@ def test_pixel_asr_ra_and_miou():
     assert clean == {"miou": 1.0, "asr": 0.0, "ra": 1.0}
     backdoored = evaluate_segmentation(_Oracle(data, attack, True), data, triggered, num_classes=5, victim=2, target=0)
     assert backdoored == {"miou": 1.0, "asr": 1.0, "ra": 0.0}
+    untriggered = TriggeredSegmentation(data, np.flatnonzero(data.contains(2)), attack, stamp=False)
+    floor = evaluate_segmentation(_Oracle(data, attack, True), data, untriggered, num_classes=5,
+                                  victim=2, target=0)
+    assert floor == {"miou": 1.0, "asr": 0.0, "ra": 1.0}  # the backdoor needs its trigger
     confusion = confusion_matrix(torch.tensor([[0, 1, 1, 255]]), torch.tensor([[0, 1, 0, 255]]), 3)
     # class 0: TP 1, FN 1 -> 1/2; class 1: TP 1, FP 1 -> 1/2; class 2 absent -> not averaged
     assert mean_iou(confusion) == pytest.approx(0.5)

@@ -42,6 +42,8 @@ def test_attack_writes_a_run_folder_with_a_working_backdoor(attack_run):
     config = json.loads((attack_run / "config.json").read_text())
     assert config["modality"] == "segmentation" and config["spec"]["dataset"] == "canvas-seg"
     assert "MIOU" in (attack_run / "report.md").read_text()
+    srun, model = modality.load_run(attack_run)  # without the trigger the victim mostly survives
+    assert srun.untriggered_asr(model, device="cpu") <= report["asr"] - 0.5
 
 
 def test_nft_removes_the_backdoor_and_keeps_miou(attack_run, tmp_path, capsys):

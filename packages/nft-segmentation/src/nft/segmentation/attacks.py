@@ -179,11 +179,13 @@ class TriggeredSegmentation(Dataset):
     """Test images that contain the victim class, triggered, with their *true* label maps.
 
     The trigger's footprint is set to ``255`` in the returned map, so no metric scores the
-    pixels the trigger painted over.
+    pixels the trigger painted over. With ``stamp=False`` the images come without the trigger
+    (same images, same scored pixels): the model's "ASR" there is its floor, the victim pixels
+    it predicts as the target class anyway.
     """
 
-    def __init__(self, base: Dataset, indices, attack: SegAttack) -> None:
-        self.base, self.attack = base, attack
+    def __init__(self, base: Dataset, indices, attack: SegAttack, *, stamp: bool = True) -> None:
+        self.base, self.attack, self.stamp = base, attack, bool(stamp)
         self.indices = np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -193,4 +195,4 @@ class TriggeredSegmentation(Dataset):
         x, y = self.base[int(self.indices[i])]
         y = y.clone()
         y[self.attack.footprint(*y.shape[-2:])] = IGNORE_INDEX
-        return self.attack.apply(x), y
+        return (self.attack.apply(x) if self.stamp else x), y

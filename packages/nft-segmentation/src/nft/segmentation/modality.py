@@ -82,10 +82,21 @@ class SegmentationRun:
     def clean_test_set(self) -> Dataset:
         return Subset(self.data.test, self.test_idx.tolist())
 
-    def triggered_test_set(self) -> Dataset:
-        """Test images containing the victim class, triggered, with their true label maps."""
+    def triggered_test_set(self, *, stamp: bool = True) -> Dataset:
+        """Test images containing the victim class, triggered, with their true label maps.
+
+        ``stamp=False`` gives the same images and scored pixels without the trigger: a model's
+        ASR on them is its floor (victim pixels it predicts as the target class anyway).
+        """
         keep = self.data.test.contains(self.attack.victim)[self.test_idx]
-        return TriggeredSegmentation(self.data.test, self.test_idx[keep], self.attack)
+        return TriggeredSegmentation(self.data.test, self.test_idx[keep], self.attack, stamp=stamp)
+
+    def untriggered_asr(self, model: nn.Module, *, device=None) -> float:
+        """The model's ASR on the victim test images *without* the trigger (its floor)."""
+        return evaluate_segmentation(
+            model, Subset(self.data.test, []), self.triggered_test_set(stamp=False),
+            num_classes=self.data.num_classes, victim=self.attack.victim, target=self.attack.target,
+            device=device)["asr"]
 
     def poisoned_train_set(self) -> PoisonedSegmentation:
         contains = self.data.train.contains(self.attack.victim)[self.train_idx]
