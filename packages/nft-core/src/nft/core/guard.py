@@ -42,12 +42,16 @@ class PurificationWarning(UserWarning):
 
 
 @contextmanager
-def _preserved_rng():
-    """Datasets with random transforms draw from the global generators; a check must not shift
-    the defense's own random stream (runs stay bitwise reproducible with or without it)."""
+def _seeded_and_preserved_rng(seed: int = 0):
+    """Datasets with random transforms (crop, flip) draw from the global generators. The check
+    seeds them, so its score is the same on every run, and restores them after, so it does not
+    shift the defense's own random stream (runs stay bitwise reproducible with or without it)."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         try:
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
             yield
         finally:
             random.setstate(python_state)
@@ -74,7 +78,7 @@ def clean_set_score(
     count = min(len(dataset), max_samples)
     model.eval()
     try:
-        with _preserved_rng(), torch.no_grad():
+        with _seeded_and_preserved_rng(), torch.no_grad():
             for start in range(0, count, batch_size):
                 batch = (collate_fn or collate)([dataset[i] for i in range(start, min(count, start + batch_size))])
                 inputs, targets = move_to(batch[0], device), move_to(batch[1], device)
