@@ -143,15 +143,6 @@ def test_depth_decay_clamp_matches_the_reference_floors():
         DepthDecayClamp(alpha=1.5)
 
 
-def test_clamp_off_still_keeps_masks_in_the_unit_interval():
-    """`clamp=false` drops the depth floor only: a mask is a channel scale, never < 0 or > 1."""
-    masks = [nn.Parameter(torch.tensor([-9.0, 0.3, 4.8])) for _ in range(2)]
-    constraint = PurifyConfig(clamp=False).constraint()
-    constraint(masks)
-    assert all(m.tolist() == pytest.approx([0.0, 0.3, 1.0]) for m in masks)
-    assert constraint.floors(2) == [0.0, 0.0]
-
-
 def test_random_patterns_keep_the_unpatterned_mixed_batch_as_the_clean_view():
     x, y = torch.rand(8, 1, 10, 10), torch.arange(8) % 2
     plain = _mix(MixUp(1.0), x, y, seed=5)

@@ -18,7 +18,7 @@ from .io import RunFolder, load_model_weights, load_tensors, save_tensors
 from .masking import MaskConfig, MaskedModel, MaskTarget, inject_masks, mask_candidates, register_mask_target
 from .metrics import defense_effectiveness_rating, evaluate_classification
 from .modality import AttackSpec, Experiment, Modality
-from .objective import DepthDecayClamp, L1ToOne, UnitIntervalClamp
+from .objective import DepthDecayClamp, L1ToOne, NoClamp
 from .purify import PRESETS, Callback, Purifier, PurifyConfig, PurifyResult
 from .registry import Registry, available_modalities, load_modality
 from .tasks import ClassificationTask, Task
@@ -51,6 +51,7 @@ __all__ = [
     "Modality",
     "NFTError",
     "NoAugmentation",
+    "NoClamp",
     "NonFiniteLossError",
     "PoisonedDataset",
     "PurificationWarning",
@@ -63,7 +64,6 @@ __all__ = [
     "Task",
     "TrainConfig",
     "TriggeredDataset",
-    "UnitIntervalClamp",
     "UnsafeFileError",
     "attack_target",
     "available_modalities",

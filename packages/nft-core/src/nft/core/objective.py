@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["L1ToOne", "DepthDecayClamp", "UnitIntervalClamp", "CleanViewDistillation"]
+__all__ = ["L1ToOne", "DepthDecayClamp", "NoClamp", "CleanViewDistillation"]
 
 
 class L1ToOne:
@@ -64,25 +64,17 @@ class DepthDecayClamp:
         return f"DepthDecayClamp(alpha={self.alpha:g}, beta={self.beta:g}, upper={self.upper:g})"
 
 
-class UnitIntervalClamp:
-    """Clamp every mask to ``[0, 1]`` and no further: ``clamp=false``, no depth floor.
+class NoClamp:
+    """No projection (for ablations)."""
 
-    A mask is a scale on a channel, so values outside [0, 1] have no meaning: a negative mask
-    flips a channel and one above 1 amplifies it. Unbounded, the masks of a small CNN purified
-    from a LIRA-backdoored model reached −9 within 20 steps and took its accuracy to chance
-    (96 % → 9 %); clamped to [0, 1] the same run kept 89 % and removed the backdoor.
-    """
-
-    @torch.no_grad()
     def __call__(self, masks: Sequence[nn.Parameter]) -> None:
-        for mask in masks:
-            mask.clamp_(min=0.0, max=1.0)
+        return None
 
     def floors(self, count: int) -> list[float]:
-        return [0.0] * count
+        return [-math.inf] * count
 
     def __repr__(self) -> str:
-        return "UnitIntervalClamp()"
+        return "NoClamp()"
 
 
 class CleanViewDistillation:

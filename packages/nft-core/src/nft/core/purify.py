@@ -34,7 +34,7 @@ from .data import SeededBatches, dataset_labels
 from .distributed import average_gradients, rank_device
 from .errors import ConfigError, DataError, NonFiniteLossError
 from .masking import MaskConfig, MaskedModel, inject_masks, iter_norm_modules
-from .objective import CleanViewDistillation, DepthDecayClamp, L1ToOne, UnitIntervalClamp
+from .objective import CleanViewDistillation, DepthDecayClamp, L1ToOne, NoClamp
 from .precision import PRECISIONS, autocast, grad_scaler, to_memory_format
 from .tasks import ClassificationTask, Task
 
@@ -100,8 +100,7 @@ class PurifyConfig(DefenseConfig):
     0.18, …), so on deep networks only the first layers are held, which protects clean accuracy
     (without it PointNet loses most of it); on a network with only a few normalisation layers
     every layer is held and a backdoor can survive, and such a modality turns it off through
-    ``Experiment.nft_overrides`` (the synthetic CNN and the vision ``small-cnn`` do). Off, the
-    masks are still kept in [0, 1] (``UnitIntervalClamp``)."""
+    ``Experiment.nft_overrides`` (the synthetic CNN and the vision ``small-cnn`` do)."""
     max_grad_norm: float = 0.0
     """When > 0, the masks' gradient is rescaled to at most this L2 norm before each step. Off
     by default (no image result used it). With masks on every convolution, distillation and
@@ -201,7 +200,7 @@ class PurifyConfig(DefenseConfig):
                               blend_prob=self.pattern_prob, max_alpha=self.pattern_max_alpha)
 
     def constraint(self):
-        return DepthDecayClamp(self.clamp_alpha, self.clamp_beta) if self.clamp else UnitIntervalClamp()
+        return DepthDecayClamp(self.clamp_alpha, self.clamp_beta) if self.clamp else NoClamp()
 
 
 # The reference code's exact settings (nazmul-karim170/NFT, src/Remove_Backdoor.py): BN in
