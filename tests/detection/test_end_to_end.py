@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch.utils.data import Subset
 
 from nft.core import MaskConfig, PurifyConfig, TrainConfig, purify, train_model
@@ -20,6 +21,7 @@ from nft.detection import (
     detection_collate,
     evaluate_detection,
 )
+from nft.detection.mmdet_adapter import mmdet_available
 
 SIZE, OBJECTS, ITEMS = 48, (1, 2), (14, 20)
 
@@ -53,11 +55,17 @@ def test_backdoor_takes_hold_and_nft_removes_it():
 
 
 @pytest.mark.integration
-def test_cli_attack_purify_evaluate(tmp_path):
+@pytest.mark.parametrize("model", [
+    None,  # the modality's default detector
+    pytest.param("mmdet", marks=pytest.mark.skipif(
+        not mmdet_available(), reason="mmdet with compiled mmcv is not installed (make mmdet)")),
+])
+def test_cli_attack_purify_evaluate(tmp_path, model):
     run, out = tmp_path / "run", tmp_path / "nft"
+    model_flags = ["--model", model] if model else []
     assert main(["attack", "--modality", "detection", "--attack", "baddet-gma", "--epochs", "1",
                  "--train-limit", "40", "--holdout", "30", "--test-limit", "16", "--batch-size", "8",
-                 "--no-progress", "--out", str(run)]) == 0
+                 *model_flags, "--no-progress", "--out", str(run)]) == 0
     report = json.loads((run / "report.json").read_text())
     assert {"map", "map_coco", "asr", "ra"} <= set(report)
     assert json.loads((run / "attack.json").read_text())["attack"] == "baddet-gma"
@@ -67,6 +75,10 @@ def test_cli_attack_purify_evaluate(tmp_path):
     assert set(purified["before"]) == set(report) - {"seconds", "attack", "model", "dataset"}
     assert 0 <= purified["after"]["map"] <= 1 and 0 <= purified["after"]["asr"] <= 1
     assert (out / "masks.safetensors").is_file()
+    # The masks were folded in: the purified weights are a plain detector's state dict again.
+    with safe_open(run / "model.safetensors", "pt") as before_file, \
+            safe_open(out / "model.safetensors", "pt") as after_file:
+        assert set(after_file.keys()) == set(before_file.keys())
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text()) == pytest.approx(purified["after"])
 

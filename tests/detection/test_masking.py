@@ -179,18 +179,22 @@ def test_mmdet_merge_equivalence_and_checkpoint(tmp_path):
     images, targets = _images(64, n=1), _targets(64)[:1]
     klass = type(model.detector)
     masked = inject_masks(model, MaskConfig())
-    kinds = {type(m).__name__ for n, m in model.named_modules() if n in masked.masks}
-    assert {"BatchNorm2d", "GroupNorm"} <= kinds  # backbone BN and the head's GroupNorm
+    masked_layers = [m for n, m in model.named_modules() if n in masked.masks]
+    # backbone BN and the head's GroupNorm (parametrised, so matched by base class, not name)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in masked_layers)
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in masked_layers)
     _perturb(masked)
 
     def features(m):
         return list(m.detector.extract_feat(m._batch(images)[0]))
 
     with torch.no_grad():
-        expected = features(model)
+        # The training-mode pass first: it updates BN running statistics, which the eval-mode
+        # features must already include.
         masked.train()
         expected_loss = masked(images, targets)
         masked.eval()
+        expected = features(model)
     merged = masked.merge_and_unload()
     assert type(merged.detector) is klass
     with torch.no_grad():

@@ -20,7 +20,9 @@ mmdet needs the compiled mmcv 2.1.0; build it once with ``scripts/build_mmcv.sh`
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,21 @@ def _require():
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)
+
+
+@contextlib.contextmanager
+def _quiet_mmengine():
+    """mmengine logs one INFO block per parameter when it initialises weights (hundreds of lines
+    per detector built); only its warnings are worth showing here."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _config_path(name: str | Path) -> Path:
@@ -194,8 +211,9 @@ def build_mmdet_detector(num_classes: int, *, config: str | Path = DEFAULT_CONFI
         model_cfg = ConfigDict(merged.model)
     _drop_init_cfg(model_cfg)
     pre = dict(model_cfg.get("data_preprocessor", {}) or {})
-    detector = MODELS.build(model_cfg)
-    detector.init_weights()
+    with _quiet_mmengine():
+        detector = MODELS.build(model_cfg)
+        detector.init_weights()
     mean = pre.get("mean", [0.0, 0.0, 0.0])
     std = pre.get("std", [1.0, 1.0, 1.0])
     to_bgr = not pre.get("bgr_to_rgb", False) and not pre.get("rgb_to_bgr", False)
