@@ -115,3 +115,67 @@ def test_nft_calibrates_by_default_and_the_reference_preset_does_not():
     shift = torch.tensor(on.info["bias_calibration"]["shift"])
     torch.testing.assert_close(on.model.net[6].bias - off.model.net[6].bias, shift, atol=1e-4, rtol=0)
     assert not PurifyConfig.preset("nft-reference").calibrate_bias
+
+
+class _DenseTask:
+    """Per-position classes (logits N×C×H×W, 255 = unlabelled), as segmentation declares them."""
+
+    distillable = True
+    ignore_index = 255
+
+    def forward(self, model, inputs):
+        return model(inputs)
+
+    def loss(self, outputs, targets):
+        return nn.functional.cross_entropy(outputs, targets.long(), ignore_index=255)
+
+
+class _Segmenter2d(nn.Module):
+    """Features at half resolution, a 1×1 classifier, logits upsampled to the input's size."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(8, 3, 1)
+        with torch.no_grad():
+            self.classifier.weight *= 10
+
+    def forward(self, x):
+        logits = self.classifier(self.features(x))
+        return nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _maps_labelled_by(model, n=300, size=12):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, size, size, generator=g)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    y[:, :2] = 255  # an unlabelled band: it must not count
+    return TensorDataset(x, y)
+
+
+def _pixel_accuracy(model, data):
+    x, y = data.tensors
+    with torch.no_grad():
+        pred = model.eval()(x).argmax(1)
+    keep = y != 255
+    return (pred == y)[keep].float().mean().item()
+
+
+def test_dense_logits_are_calibrated_per_labelled_position():
+    model = _Segmenter2d()
+    data = _maps_labelled_by(model)
+    assert _pixel_accuracy(model, data) == 1.0
+    with torch.no_grad():
+        model.classifier.bias[0] -= 8.0
+    lowered = _pixel_accuracy(model, data)
+    assert lowered < 0.85  # class 0 (19 % of the labelled pixels) all but lost
+    before = copy.deepcopy(model.state_dict())
+    info = calibrate_output_bias(model, data, _DenseTask(), device=CPU, batch_size=16)
+    # Most of the 8 logits come back (cross-entropy's optimum on the blurry upsampled borders is
+    # not exactly the original bias), and the unlabelled band (label 255) is left out of the fit.
+    assert info["layer"] == "classifier" and info["shift"][0] - max(info["shift"][1:]) > 7
+    assert _pixel_accuracy(model, data) > lowered + 0.03
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]) == (key != "classifier.bias"), key

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from nft.core.cli import main
 
@@ -48,6 +49,8 @@ def test_purify_writes_report_and_evaluate_reads_it(attack_run, tmp_path, capsys
     check = report["clean_set"]  # the defender's own clean set, scored before and after
     assert check["samples"] == 50 and check["before"] >= 0.9 and check["before"] - check["after"] <= 0.2
     assert f"Clean-set score (50 samples): {100 * check['before']:.2f} % before" in (out / "report.md").read_text()
+    info = report["defense_info"]  # what NFT reports of itself, kept with the run
+    assert info["masked_layers"] == len(load_file(out / "masks.safetensors")) > 0
     config = json.loads((out / "config.json").read_text())
     assert config["defense"]["steps"] == 40 and config["defense"]["batch_size"] == 32
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "eval.json")]) == 0

@@ -60,8 +60,12 @@ def test_nft_removes_the_backdoor_and_keeps_miou(attack_run, tmp_path, capsys):
     assert report["clean_samples"] == 100 and 0.5 < report["der"] <= 1
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "masks.safetensors", "metrics.png", "masks.png"}
     config = json.loads((out / "config.json").read_text())
-    assert config["defense"]["masks"]["targets"] == ["norm"] and config["defense"]["weight_decay"] == 0.003
-    assert config["defense"]["distill_weight"] == 0.3  # per-pixel distillation from the original model
+    defense = config["defense"]
+    assert defense["masks"]["targets"] == ["norm", "conv"] and defense["weight_decay"] == 0.003
+    assert defense["distill_weight"] == 0.5  # per-pixel distillation from the original model
+    assert defense["clamp"] is False and defense["calibrate_bias"] is True
+    # the per-pixel bias refit ran on the model's classifier (a 1×1 conv before the upsampling)
+    assert report["defense_info"]["bias_calibration"]["layer"] == "classifier", report["defense_info"]
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text()) == pytest.approx(after)
 

@@ -1,5 +1,7 @@
 """The segmentation Task (per-pixel CE, ignore 255, clear errors) and the two mixings."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,26 @@ def test_score_counts_labelled_pixels_only():
     logits[0, 1] = 1.0  # every pixel predicted as class 1
     labels = torch.tensor([[[1, 2], [255, 1]]])
     assert SegmentationTask().score(logits, labels) == (2, 3)
+
+
+def test_nft_refits_the_classifier_bias_of_a_segmentation_model_not_an_auxiliary_head():
+    """The core's output-bias calibration treats every labelled pixel as a sample and finds the
+    main classifier, even when an auxiliary head runs after it (torchvision's DeepLabV3)."""
+    from torch.utils.data import TensorDataset
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+    from nft.core.calibrate import calibrate_output_bias
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 3, 32, 32), torch.randint(0, 4, (8, 32, 32))
+    labels[:, :4] = 255
+    data = TensorDataset(images, labels)
+    tiny = TinySegNet(num_classes=4, width=4).eval()
+    info = calibrate_output_bias(tiny, data, SegmentationTask(), device=torch.device("cpu"), batch_size=4)
+    assert info["layer"] == "classifier" and len(info["shift"]) == 4
+    deeplab = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4,
+                                           aux_loss=True).eval()
+    before = copy.deepcopy(deeplab.aux_classifier.state_dict())
+    info = calibrate_output_bias(deeplab, data, SegmentationTask(), device=torch.device("cpu"), batch_size=4)
+    assert info["layer"] == "classifier.4", info
+    assert all(torch.equal(v, before[k]) for k, v in deeplab.aux_classifier.state_dict().items())

@@ -18,7 +18,7 @@ import yaml
 
 from .config import config_from_dict, config_to_dict
 from .errors import ConfigError, NFTError
-from .io import RunFolder
+from .io import RunFolder, to_jsonable
 from .modality import AttackSpec
 from .registry import available_modalities, load_modality
 from .runs import defense_config, load_run
@@ -35,6 +35,18 @@ def _say(*parts: Any, **kwargs: Any) -> None:
 
     if is_main():
         print(*parts, **kwargs)
+
+
+def _json_entries(info: dict) -> dict:
+    """The entries of ``info`` that JSON can hold (a defense may keep objects in its info)."""
+    kept = {}
+    for key, value in info.items():
+        try:
+            json.dumps(to_jsonable(value))
+        except (TypeError, ValueError):
+            continue
+        kept[key] = to_jsonable(value)
+    return kept
 
 
 def _run_folder(out: str | Path, overwrite: bool) -> RunFolder:
@@ -232,6 +244,8 @@ def cmd_purify(args: argparse.Namespace) -> int:
         "clean_samples": len(clean),
         "der": defense_effectiveness_rating(before, after, experiment.primary_metric),
         "clean_set": result.info.get("clean_set"),  # the task's score on the clean set, before / after
+        # what the defense reports of itself (NFT: masked layers, mask summary, bias refit)
+        "defense_info": _json_entries({k: v for k, v in result.info.items() if k != "clean_set"}),
         "history": result.history,
     }
     with _run_folder(out, args.overwrite) as run:
