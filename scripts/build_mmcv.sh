@@ -5,7 +5,7 @@
 # wheel for it, so pip falls back to the sdist, whose setup.py (a) imports pkg_resources (gone in
 # setuptools >= 81) and (b) hard-codes -std=c++14/17 while torch >= 2.10 headers require C++20.
 # The recipe: download the sdist, patch the flag to -std=c++20, build without build isolation next
-# to the installed torch with setuptools < 81. That compile takes ~7.5 minutes on 2 cores, so the
+# to the installed torch with setuptools < 81. That compile took 15.5 minutes on 2 idle cores, so the
 # built wheel is cached (keyed on Python tag and torch version) and later runs only install it.
 #
 # Usage:
