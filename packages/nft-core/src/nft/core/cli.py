@@ -41,11 +41,12 @@ def _json_entries(info: dict) -> dict:
     """The entries of ``info`` that JSON can hold (a defense may keep objects in its info)."""
     kept = {}
     for key, value in info.items():
+        value = to_jsonable(value)
         try:
-            json.dumps(to_jsonable(value))
+            json.dumps(value)
         except (TypeError, ValueError):
             continue
-        kept[key] = to_jsonable(value)
+        kept[key] = value
     return kept
 
 
