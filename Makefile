@@ -9,7 +9,7 @@ PACKAGES := $(wildcard packages/nft-*)
 STAMP := $(VENV)/.nft-installed
 MMDET_STAMP := $(VENV)/.nft-mmdet
 # `make test` also installs mmdet (its compiled mmcv is built once and cached: the first build
-# takes about 15 minutes on 2 cores). `make test SKIP_MMDET=1` leaves it out; its tests then skip.
+# takes about 7 minutes on 2 cores). `make test SKIP_MMDET=1` leaves it out; its tests then skip.
 SKIP_MMDET ?= 0
 
 .PHONY: venv mmdet demo test bench clean
