@@ -93,7 +93,16 @@ def test_errors_are_one_line_and_write_nothing(attack_run, tmp_path, capsys):
     assert "no modality 'nosuch'" in capsys.readouterr().err
     assert main(["purify", "--run", str(attack_run), "--out", str(attack_run)]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert main(["purify", "--run", str(attack_run), "--out", str(out), "--set", 'masks.include=["a\\.b"]']) == 2
+    assert "not valid YAML" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_set_takes_a_regex_list_in_single_quotes():
+    from nft.core.cli import parse_assignments
+
+    assert parse_assignments(["masks.include=['layer[34]\\..*', head]"], "--set") == {
+        "masks": {"include": ["layer[34]\\..*", "head"]}}
 
 
 def test_console_script_help_and_list():

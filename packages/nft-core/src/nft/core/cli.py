@@ -65,7 +65,14 @@ def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"{flag} expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            problem = str(getattr(err, "problem", None) or err).strip()
+            raise ConfigError(
+                f"{flag} {item!r}: the value is not valid YAML ({problem}); quote it in single quotes, "
+                "e.g. masks.include=['layer[34]\\..*'] (inside double quotes a backslash starts an escape)"
+            ) from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
