@@ -104,6 +104,22 @@ def same_training(run: Path, args) -> bool:
     return all(spec.get(key) == value for key, value in wanted.items())
 
 
+def model_summary(run: Path) -> str:
+    """One line naming the timed model's recipe, from its run folder."""
+    spec = json.loads((run / "config.json").read_text()).get("spec", {})
+    args = ", ".join(f"{k} {v}" for k, v in spec.get("model_args", {}).items())
+    return (f"{spec.get('attack')} on {spec.get('dataset')}, {spec.get('model')} ({args}), "
+            f"{spec.get('train_limit')} training images, {spec.get('epochs')} epochs ({_shown(run)})")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it, so results never name a machine's paths."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
 def load(run: Path):
     from nft.core import select_clean_subset
     from nft.core.registry import load_modality
@@ -294,10 +310,24 @@ def _less(theirs: float, ours: float) -> str:
     return f"NFT {theirs / ours:.2f}× less" if theirs >= ours else f"NFT {ours / theirs:.2f}× more"
 
 
+def verdict(nft: dict, fastest: dict, total_seconds: float | None) -> str:
+    """The benchmark's targets, said plainly: NFT ≥ 3× faster than the fastest competitor at equal
+    or better DER, and the whole run under 20 minutes."""
+    speedup = fastest["seconds"] / nft["seconds"]
+    parts = [f"NFT at least 3× faster than the fastest competitor: **{'yes' if speedup >= 3 else 'no'}** "
+             f"(it takes {1 / speedup:.2f}× the fastest's time); DER equal or better: **{'yes' if nft['der'] >= fastest['der'] else 'no'}**."]
+    if total_seconds is not None:
+        parts.append(f"Whole run {total_seconds:.0f} s ({total_seconds / 60:.1f} min): "
+                     f"**{'under' if total_seconds < 1200 else 'over'}** the 20-minute target.")
+    return " ".join(parts)
+
+
 def markdown(result: dict) -> str:
     rows = result["defenses"]
     nft = next(r for r in rows if r["defense"] == "nft")
-    lines = ["| defense | seconds | × NFT's time | time to ASR ≤ 5% | ASR after (%) | ACC after (%) | DER (%) |",
+    lines = [f"Model: `{result['model']}`." if result.get("model") else "",
+             "",
+             "| defense | seconds | × NFT's time | time to ASR ≤ 5% | ASR after (%) | ACC after (%) | DER (%) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         reach = f"{r['to_asr_5']:.1f} s" if r["to_asr_5"] is not None else "never"
@@ -313,6 +343,7 @@ def markdown(result: dict) -> str:
         lines.append(f"Fastest of {', '.join(r['defense'] for r in competitors)}: {fastest['defense']} at "
                      f"{fastest['seconds']:.1f} s = **{fastest['seconds'] / nft['seconds']:.2f}× NFT's time**; "
                      f"DER NFT {100 * nft['der']:.2f}% vs {100 * fastest['der']:.2f}%.")
+        lines.append(verdict(nft, fastest, result.get("total_seconds")))
     lines += [
         "", "| measurement | NFT | fine-tuning | ratio |", "|---|---|---|---|",
         f"| one step (batch 128), s | {steps['nft_step']:.4f} | {steps['ft_step']:.4f} | "
@@ -355,7 +386,7 @@ def main(argv=None) -> int:
     experiment, clean = load(run)
     if jobs == 1:
         rows, defense_threads = defense_times(experiment, clean, names), torch.get_num_threads()
-    result = {"defenses": rows, "jobs": jobs, "defense_threads": defense_threads,
+    result = {"defenses": rows, "jobs": jobs, "defense_threads": defense_threads, "model": model_summary(run),
               "steps": step_times(experiment, clean), "inference": inference(experiment, clean),
               "memory": memory(run), "torch_threads": torch.get_num_threads(),
               "device": "cuda" if cuda else "cpu"}
