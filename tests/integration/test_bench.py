@@ -50,6 +50,14 @@ def test_grid_runs_caches_models_and_tabulates(tmp_path):
     again = run_bench(config, out, progress=False)  # nothing left: no retraining, same rows
     assert again == records
     assert {p: p.stat().st_mtime for p in (out / "models").rglob("model.safetensors")} == mtimes
+    # the config changes (FT dropped): its rows stay on disk but leave the tables
+    narrowed = load_bench_config(_write(tmp_path, GRID.replace(
+        "  - {method: ft, defense: {steps: 10, batch_size: 16}}\n", "")))
+    kept = run_bench(narrowed, out, progress=False)
+    assert sorted(r["key"] for r in kept) == sorted(r["key"] for r in records if r["method"] == "nft")
+    assert len(read_rows(out / "rows.jsonl")) == 8
+    assert "ft(steps=10" not in (out / "table.md").read_text()
+    assert len(json.loads((out / "rows.json").read_text())) == 4
 
 
 def test_killed_grid_resumes_without_redoing_rows(tmp_path):

@@ -36,7 +36,7 @@ from .errors import ConfigError
 from .io import atomic_write_text, write_json
 from .modality import AttackSpec
 
-__all__ = ["BenchConfig", "BenchRow", "load_bench_config", "run_bench", "summarise"]
+__all__ = ["BenchConfig", "BenchRow", "grid_records", "load_bench_config", "run_bench", "summarise"]
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,16 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def grid_records(out: Path, keys: set[str]) -> list[dict]:
+    """The finished rows of ``out`` that belong to the grid whose row keys are ``keys``.
+
+    Rows a changed config no longer asks for (another recipe, a dropped defense) stay in
+    ``rows.jsonl``, so changing the config back finds them again, but they are left out of the
+    tables: a table shows the config it was made from, nothing else.
+    """
+    return [r for r in read_rows(out / "rows.jsonl") if r.get("key") in keys]
+
+
 def append_row(path: Path, record: dict) -> None:
     """Append one JSON line; the whole file is rewritten atomically so a kill never cuts it."""
     existing = path.read_text() if path.is_file() else ""
@@ -236,16 +246,22 @@ def run_bench(config: BenchConfig, out: Path, *, progress: bool = True, executor
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "grid.json", config)
     rows = config.rows(modality.resolve)
-    done = {r["key"] for r in read_rows(out / "rows.jsonl")}
+    keys = {r.key for r in rows}
+    stored = read_rows(out / "rows.jsonl")
+    done = {r["key"] for r in stored}
     todo = [r for r in rows if r.key not in done]
     if limit is not None:
         todo = todo[:limit]
     finished = sum(r.key in done for r in rows)
     log.info("%d of %d rows already done; running %d now", finished, len(rows), len(todo))
+    stale = sum(r.get("key") not in keys for r in stored)
+    if stale:
+        log.info("%d rows in %s belong to another version of this grid; kept, left out of the tables",
+                 stale, out / "rows.jsonl")
     if executor == "ray":
         from .bench_ray import run_rows_on_ray
 
-        run_rows_on_ray(config, todo, out, address=address, progress=progress)
+        run_rows_on_ray(config, todo, out, address=address, progress=progress, keys=keys)
     elif executor == "local":
         bar = tqdm(total=len(rows), initial=finished,
                    desc=f"bench {config.name}", unit="row", disable=not progress)
@@ -262,11 +278,11 @@ def run_bench(config: BenchConfig, out: Path, *, progress: bool = True, executor
                     record = run_row(modality, row, run_dir, device=config.device, progress=False,
                                      experiment=experiment)
                     append_row(out / "rows.jsonl", record)
-                    write_results(out, read_rows(out / "rows.jsonl"), config)
+                    write_results(out, grid_records(out, keys), config)
                     bar.update(1)
     else:
         raise ConfigError(f"executor {executor!r} is unknown; use local or ray")
-    records = read_rows(out / "rows.jsonl")
+    records = grid_records(out, keys)
     write_results(out, records, config)
     return records
 

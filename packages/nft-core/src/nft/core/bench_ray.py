@@ -12,7 +12,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from .bench import BenchConfig, BenchRow, append_row, read_rows, write_results
+from .bench import BenchConfig, BenchRow, append_row, grid_records, write_results
 from .errors import ConfigError
 
 __all__ = ["run_rows_on_ray"]
@@ -37,7 +37,9 @@ def _row_task(modality_name: str, row: dict, run_dir: str, device: str | None) -
 
 
 def run_rows_on_ray(config: BenchConfig, rows: list[BenchRow], out: Path, *, address: str | None,
-                    progress: bool, gpus_per_task: float | None = None) -> None:
+                    progress: bool, keys: set[str], gpus_per_task: float | None = None) -> None:
+    """Run ``rows`` as Ray tasks; the tables are rebuilt from the finished rows whose key is in ``keys``
+    (the whole grid's) after each one."""
     try:
         import ray
     except ImportError:
@@ -65,5 +67,5 @@ def run_rows_on_ray(config: BenchConfig, rows: list[BenchRow], out: Path, *, add
             for ref in ready:
                 pending.pop(ref)
                 append_row(out / "rows.jsonl", ray.get(ref))
-                write_results(out, read_rows(out / "rows.jsonl"), config)
+                write_results(out, grid_records(out, keys), config)
                 bar.update(1)
