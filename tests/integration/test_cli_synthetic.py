@@ -1,6 +1,7 @@
 """The `nft` command end to end on the core's built-in synthetic modality."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,19 @@ def test_defense_table_runs_defenses_as_nft_purify_does_and_resumes(attack_run, 
     assert {p.name.split("__")[-1]: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
     table = (out / "table.md").read_text()
     assert "| nft |" in table and "| ft |" in table and "not run" not in table
+
+
+def test_the_printed_table_keeps_long_metric_names_apart():
+    """Video and detection print metric names longer than the default column (VIDEO_ASR):
+    every header and every cell must stay a separate word under its own column."""
+    from nft.core.cli import _table
+
+    keys = ["acc", "video_acc", "video_asr", "asr"]
+    head, row, missing = _table([("backdoored", {"acc": 0.5, "video_acc": 0.55, "video_asr": 1.0,
+                                                 "asr": 0.9}), ("nft", {"acc": 0.25})], keys).splitlines()
+    assert head.split() == [k.upper() for k in keys]
+    assert row.split() == ["backdoored", "50.00%", "55.00%", "100.00%", "90.00%"]
+    assert missing.split() == ["nft", "25.00%", "-", "-", "-"]
+    # the cells end where their headers end
+    ends = [m.end() for m in re.finditer(r"\S+", head)]
+    assert ends == [m.end() for m in re.finditer(r"\S+", row)][1:]

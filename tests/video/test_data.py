@@ -186,6 +186,21 @@ def test_motion_set_written_as_videos_and_cached(small_motion):
     assert MotionConfig().key() != MotionConfig(classes=4).key()
 
 
+def test_motion_set_decodes_to_the_same_pixels_every_time(small_motion, tmp_path):
+    """The generated set is written losslessly: generating it again (another folder, after other
+    videos were decoded in this process, which made lossy x264 output differ) gives the same
+    pixels, so a seed fixes a video run's data on every machine."""
+    read_video(sorted(motion_root(small_motion).glob("test/*/*.mp4"))[0])
+    again = MotionConfig(train_per_class=2, test_per_class=2, classes=3)
+    first = motion_root(again, root=tmp_path / "a")
+    read_video(sorted(first.glob("train/*/*.mp4"))[-1])
+    second = motion_root(again, root=tmp_path / "b")
+    names = [name for name, _ in json.loads((first / "index.json").read_text())["train"]]
+    assert len(names) == 6
+    for name in names:
+        assert torch.equal(read_video(first / name), read_video(second / name)), name
+
+
 def test_fashion_mnist_missing_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr("nft.video.motion.FASHION_MNIST_DIRS", ())
     monkeypatch.delenv("NFT_FASHION_MNIST", raising=False)

@@ -22,8 +22,9 @@ TRAIN = {"epochs": 10, "holdout": 40, "batch_size": 16}
 
 def _nft(*args: str) -> None:
     """Run ``nft ARGS`` in a fresh one-thread process, as a user would: in-process, these runs
-    also inherited whatever state earlier tests left in the interpreter. (CPU video training is
-    still not bitwise reproducible from run to run; the bounds below cover the measured spread.)"""
+    also inherited whatever state earlier tests left in the interpreter. Since the motion set is
+    written losslessly these runs repeat exactly on one machine (the numbers quoted below); the
+    bounds leave room for another CPU's floating-point order."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "nft.core.cli", *args], capture_output=True,
                           text=True, env=env, timeout=900)
@@ -46,20 +47,20 @@ def blend_run(tmp_path_factory, video_cache):
 def test_blend_takes_hold_through_the_command(blend_run):
     report = json.loads((blend_run / "report.json").read_text())
     assert report["attack"] == "blend" and report["dataset"] == "motion"
-    # CPU video training is not bitwise reproducible (see _nft): this run has measured ASR 0.81,
-    # 0.87, 0.88 and 0.94 with the same seed
-    assert report["asr"] >= 0.75
-    assert report["acc"] >= 0.45  # far above chance (0.25): the model also learned the motions
+    # measured: ASR 0.956, ACC 0.867 (before the motion set was lossless, runs of the same seed
+    # spread from 0.81 to 0.94 ASR because the lossy encoder gave different pixels each time)
+    assert report["asr"] >= 0.85
+    assert report["acc"] >= 0.7  # far above chance (0.25): the model also learned the motions
     assert {"video_acc", "video_asr", "ra"} <= set(report)
     assert (blend_run / "trigger.safetensors").is_file() and (blend_run / "video.json").is_file()
 
 
 def test_nft_purify_removes_the_backdoor(blend_run, tmp_path):
-    """Measured: ACC 90.0 → 84.4 %, ASR 94.1 → 10.4 % in one run, ACC 83.3 → 59.4 % in another
-    (150 steps of 16 clips at mask rate 0.05 → 0.02, before distillation). This 120-clip model
-    does not stand the modality's rate 0.2 (ACC 85.0 → 45.6 % with it, and 51.7 % before
-    distillation; docs/video.md), so the test runs the modality's distillation and clipping at
-    the reference rate."""
+    """Measured: ACC 86.7 → 81.1 %, ASR 95.6 → 8.9 % (RA 82.2 %), the same in repeated runs (150
+    steps of 16 clips at mask rate 0.05 → 0.02). This 120-clip model does not stand the
+    modality's rate 0.2 (ACC 85.0 → 45.6 % with it, and 51.7 % before distillation, on the lossy
+    set; docs/video.md), so the test runs the modality's distillation and clipping at the
+    reference rate."""
     out = tmp_path / "purified"
     _nft("purify", "--run", str(blend_run), "--out", str(out), "--clean-per-class", "5",
          "--steps", "150", "--set", "batch_size=16", "--set", "lr=0.05", "--set", "lr_min=0.02",
@@ -67,11 +68,10 @@ def test_nft_purify_removes_the_backdoor(blend_run, tmp_path):
     report = json.loads((out / "report.json").read_text())
     before, after = report["before"], report["after"]
     assert report["clean_samples"] == 20
-    assert before["asr"] >= 0.75 and after["asr"] <= before["asr"] - 0.3
-    # Video training on CPU is not bitwise reproducible from run to run (same seed, same
-    # PYTHONHASHSEED: ACC 85.0 vs 85.6 %), and NFT on this 120-clip model amplifies it: two runs of
-    # this test lost 5.6 and 23.9 points. The bound covers that spread; docs/video.md has the gap.
-    assert after["acc"] >= before["acc"] - 0.3
+    assert before["asr"] >= 0.85 and after["asr"] <= 0.2
+    # On the lossy set of earlier versions, whose pixels changed from run to run, two runs of this
+    # test lost 5.6 and 23.9 points; on the lossless set it loses 5.6 every time.
+    assert after["acc"] >= before["acc"] - 0.1
     # the purified run evaluates through the same modality
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "m.json")]) == 0
     again = json.loads((tmp_path / "m.json").read_text())
@@ -98,7 +98,8 @@ def _attack(tmp_path, attack: str, *options: str, model_args=None):
 
 def test_badnets_takes_hold(tmp_path, video_cache):
     metrics, _ = _attack(tmp_path, "badnets", "--poison-rate", "0.3", "--attack-arg", "patch_size=6")
-    assert metrics["asr"] >= 0.85 and metrics["acc"] >= 0.45
+    # measured: ASR 0.948, ACC 0.783
+    assert metrics["asr"] >= 0.85 and metrics["acc"] >= 0.65
 
 
 def test_clean_label_takes_hold_without_changing_labels(tmp_path, video_cache):
@@ -107,7 +108,8 @@ def test_clean_label_takes_hold_without_changing_labels(tmp_path, video_cache):
     assert info["poisoned"] > 0
     # the backdoored model follows the trigger far more than the clean model it was learned on
     assert metrics["asr"] >= info["clean_model_asr"] + 0.2
-    assert metrics["asr"] >= 0.8 and metrics["acc"] >= 0.45
+    # measured: ASR 0.904, ACC 0.728 (on the lossy set of earlier versions: 0.77 to 0.98)
+    assert metrics["asr"] >= 0.85 and metrics["acc"] >= 0.6
 
 
 def test_bad_options_are_refused_before_training(tmp_path, video_cache):

@@ -112,11 +112,14 @@ def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
 
 
 def _table(rows: list[tuple[str, dict]], keys: Sequence[str], extra: dict[str, str] | None = None) -> str:
-    head = f"{'':<10}" + "".join(f"{k.upper():>9}" for k in keys)
+    # each column as wide as its name, so long metric names (VIDEO_ASR, MAP50_ASR) stay apart
+    widths = [max(9, len(k) + 1) for k in keys]
+    head = f"{'':<10}" + "".join(f"{k.upper():>{w}}" for k, w in zip(keys, widths))
     lines = [head]
     for name, metrics in rows:
         lines.append(f"{name:<10}" + "".join(
-            f"{100 * metrics[k]:>8.2f}%" if k in metrics else f"{'-':>9}" for k in keys))
+            f"{100 * metrics[k]:>{w - 1}.2f}%" if k in metrics else f"{'-':>{w}}"
+            for k, w in zip(keys, widths)))
     for k, v in (extra or {}).items():
         lines.append(f"{k}: {v}")
     return "\n".join(lines)

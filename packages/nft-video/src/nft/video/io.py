@@ -65,7 +65,11 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, *, fps: int
     """Encode ``uint8 (T, H, W, 3)`` frames into ``path`` (atomically: temp file, then rename).
 
     ``codec`` defaults to H.264 for ``.mp4`` and MPEG-4 part 2 for ``.avi`` (what UCF-101 and
-    HMDB-51 ship); ``quality`` is x264's CRF (lower is better; 12 is visually lossless).
+    HMDB-51 ship); ``quality`` is x264's CRF (lower is better; 12 is visually lossless, 0 is
+    lossless). Only ``quality=0`` decodes to the same pixels every time: lossy x264 output varies
+    from run to run for the same frames (measured: up to 14 grey levels once another video had
+    been decoded in the process, with one encoder thread too), so data that must be reproducible
+    is written losslessly.
     """
     av = require_av()
     path = Path(path)

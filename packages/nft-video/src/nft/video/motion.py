@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 
 MOTIONS = ("right", "left", "down", "up", "rotate-cw", "rotate-ccw", "grow", "shrink",
            "bounce-vertical", "bounce-horizontal")
-GENERATOR_VERSION = 1
-"""Bump when the rendering changes, so old cached videos are not reused."""
+GENERATOR_VERSION = 2
+"""Bump when the rendering changes, so old cached videos are not reused. (2: lossless H.264, so
+that every machine decodes the same pixels; version 1 was lossy and not reproducible.)"""
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 """Where Debian's ``dataset-fashion-mnist`` installs the IDX files."""
@@ -225,7 +226,7 @@ def _generate(config: MotionConfig, target: Path, fashion_root: str | Path | Non
                 video = render_motion(sprites[choice[i]], MOTIONS[label], frames=config.frames,
                                       size=config.size, rng=rng, noise=config.noise)
                 name = f"{split}/{MOTIONS[label]}/{split}_{i:05d}.mp4"
-                write_video(work / name, video, fps=config.fps)
+                write_video(work / name, video, fps=config.fps, quality=0)
                 entries.append([name, label])
             index[split] = entries
         (work / "index.json").write_text(json.dumps(index))
