@@ -46,6 +46,8 @@ def test_grid_runs_caches_models_and_tabulates(tmp_path):
     assert "nft(steps=20,batch_size=16,rounds=2)" in table
     for r in records:
         assert r["before"]["asr"] > 0.8 and 0 <= r["der"] <= 1 and r["clean_samples"] == 30
+        # the defender's own clean-set check travels with the row; nothing collapsed here
+        assert r["clean_set"]["samples"] == 30 and r["retries"] == []
     mtimes = {p: p.stat().st_mtime for p in (out / "models").rglob("model.safetensors")}
     again = run_bench(config, out, progress=False)  # nothing left: no retraining, same rows
     assert again == records

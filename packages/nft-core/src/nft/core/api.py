@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,12 +14,14 @@ from torch.utils.data import Dataset
 from .augment import Augmentation
 from .config import DefenseConfig
 from .defenses import Defense, DefenseContext, InputSpace, get_defense
-from .errors import ConfigError, DataError
-from .guard import check_clean_set, clean_set_score
+from .errors import ConfigError, DataError, NonFiniteLossError
+from .guard import check_clean_set, clean_set_score, collapsed
 from .purify import PurifyResult
 from .tasks import Task
 
 __all__ = ["purify"]
+
+log = logging.getLogger(__name__)
 
 
 def purify(
@@ -51,7 +54,10 @@ def purify(
         a :class:`~nft.core.PurifyResult`: ``.model`` (same class as ``model``), ``.masks``,
         ``.seconds`` and the run's history. ``.info["clean_set"]`` holds the task's score on
         the clean set before and after (when the task has ``score``); a fall of more than 20
-        points raises a :class:`~nft.core.guard.PurificationWarning`.
+        points raises a :class:`~nft.core.guard.PurificationWarning`. A defense that has a
+        gentler setting (NFT: half the learning rate, ``collapse_retries`` times) is first run
+        again from the original model when that happens or when its loss becomes NaN;
+        ``.info["retries"]`` lists the collapsed attempts and ``.seconds`` includes them.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"purify needs a torch.nn.Module, got {type(model).__name__}")
@@ -65,14 +71,48 @@ def purify(
     defense.check(context)
     work = model if inplace else copy.deepcopy(model)
     score_before = clean_set_score(work, clean_dataset, context.task, collate_fn=collate_fn)
+    # a defense that can run again more gently after a collapse needs an untouched start for it
+    spare = copy.deepcopy(work) if defense.gentler() is not None else None
+    retries: list[dict] = []
     start = time.perf_counter()
-    outcome = defense.run(work, clean_dataset, context)
+    while True:
+        try:
+            outcome, failure = defense.run(work, clean_dataset, context), None
+        except NonFiniteLossError as err:
+            outcome, failure = None, err
+        score_after = None if outcome is None else clean_set_score(
+            outcome.model, clean_dataset, context.task, collate_fn=collate_fn)
+        gentler = defense.gentler() if failure or collapsed(score_before, score_after) else None
+        if gentler is None:
+            break
+        retries.append(_retry_record(defense, score_before, score_after, failure))
+        log.warning("%s collapsed (%s); running it again from the original model with %s",
+                    defense.name, retries[-1]["reason"], _settings(gentler))
+        defense, work = gentler, copy.deepcopy(spare)
+    if failure is not None:
+        raise failure
     seconds = time.perf_counter() - start
-    score_after = clean_set_score(outcome.model, clean_dataset, context.task, collate_fn=collate_fn)
     check = check_clean_set(score_before, score_after, method=defense.name,
                             dataset_size=len(clean_dataset))
-    info = {**outcome.info, **({"clean_set": check} if check else {})}
+    info = {**outcome.info, **({"clean_set": check} if check else {}), **({"retries": retries} if retries else {})}
     return PurifyResult(
         model=outcome.model, masks=outcome.masks, method=defense.name, config=defense.config,
         seconds=seconds, clean_samples=len(clean_dataset), history=outcome.history, info=info,
     )
+
+
+def _settings(defense: Defense) -> str:
+    """The learning rates a retry runs at, for the log."""
+    config = defense.config
+    return ", ".join(f"{k}={getattr(config, k):g}" for k in ("lr", "lr_min") if hasattr(config, k))
+
+
+def _retry_record(defense: Defense, before: float | None, after: float | None,
+                  failure: Exception | None) -> dict:
+    """What ``info["retries"]`` keeps of one collapsed attempt."""
+    config = defense.config
+    record = {k: getattr(config, k) for k in ("lr", "lr_min") if hasattr(config, k)}
+    if failure is not None:
+        return {**record, "reason": "the loss became NaN"}
+    return {**record, "clean_set_after": after,
+            "reason": f"clean-set score {100 * before:.1f} % -> {100 * after:.1f} %"}

@@ -197,6 +197,8 @@ def run_row(modality, row: BenchRow, run_dir: Path, *, device: str | None, progr
         "clean_samples": len(clean), "before": before, "after": after, "seconds": result.seconds,
         "der": defense_effectiveness_rating(before, after, experiment.primary_metric),
         "primary_metric": experiment.primary_metric, "model_run": run_dir.name,
+        # the defender's clean-set score before / after, and any collapsed attempts rerun
+        "clean_set": result.info.get("clean_set"), "retries": result.info.get("retries", []),
     }
 
 

@@ -262,7 +262,8 @@ def cmd_purify(args: argparse.Namespace) -> int:
     with _run_folder(out, args.overwrite) as run:
         run.write_json("config.json", {
             "kind": "purify", "modality": attack_config["modality"], "source": str(run_dir.resolve()),
-            "method": method, "defense": config_to_dict(config),
+            # the settings of the run that was kept (a collapsed NFT run is rerun more gently)
+            "method": method, "defense": config_to_dict(result.config),
             "augmentation": options.get("augmentation") or (repr(augmentation) if augmentation else "the defense's own"),
             "clean": {k: options.get(k) for k in ("clean_per_class", "clean_fraction", "clean_count")},
             "seed": seed,
@@ -279,7 +280,9 @@ def cmd_purify(args: argparse.Namespace) -> int:
     keys = _metric_keys(before)
     _say(_table([("before", before), ("after", after)], keys,
                 {"seconds": f"{result.seconds:.1f}", "clean samples": str(len(clean)),
-                 "DER": f"{100 * report['der']:.2f}%"}))
+                 "DER": f"{100 * report['der']:.2f}%",
+                 **({"collapsed and rerun": "; ".join(r["reason"] for r in result.info["retries"])}
+                    if result.info.get("retries") else {})}))
     _say(f"wrote {out}")
     return 0
 

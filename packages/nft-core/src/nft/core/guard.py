@@ -29,7 +29,7 @@ from .data import collate, move_to
 from .errors import DataError
 from .tasks import Task
 
-__all__ = ["PurificationWarning", "clean_set_score", "check_clean_set", "MAX_DROP", "MAX_SAMPLES"]
+__all__ = ["PurificationWarning", "clean_set_score", "check_clean_set", "collapsed", "MAX_DROP", "MAX_SAMPLES"]
 
 MAX_DROP = 0.2
 """Absolute fall in clean-set score (0.2 = 20 points) above which ``purify()`` warns."""
@@ -95,13 +95,18 @@ def clean_set_score(
     return correct / total if total else None
 
 
+def collapsed(before: float | None, after: float | None, max_drop: float = MAX_DROP) -> bool:
+    """Whether the clean-set score fell by more than ``max_drop`` (False when either is unknown)."""
+    return before is not None and after is not None and before - after > max_drop
+
+
 def check_clean_set(before: float | None, after: float | None, *, method: str, dataset_size: int,
                     max_drop: float = MAX_DROP) -> dict | None:
     """Warn when the score fell by more than ``max_drop``; returns the record for ``info``."""
     if before is None or after is None:
         return None
     samples = min(dataset_size, MAX_SAMPLES)
-    if before - after > max_drop:
+    if collapsed(before, after, max_drop):
         warnings.warn(
             f"{method} cut the clean-set score from {100 * before:.1f} % to {100 * after:.1f} % "
             f"(on {samples} clean samples): the purified model may have collapsed. Lower the "

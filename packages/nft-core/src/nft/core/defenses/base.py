@@ -95,6 +95,11 @@ class Defense(ABC):
                 "which this defense does not support); choose another defense"
             )
 
+    def gentler(self) -> Defense | None:
+        """The same defense at a smaller step, to run again after this one collapsed (see
+        :func:`nft.core.purify`), or ``None``: by default a defense is run once, as configured."""
+        return None
+
     @abstractmethod
     def run(self, model: nn.Module, clean: Dataset, context: DefenseContext) -> DefenseOutcome:
         """Purify ``model`` (it is a private copy: modify it freely) and return the outcome."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -24,6 +26,14 @@ class NFTDefense(Defense):
 
     def default_config(self) -> PurifyConfig:
         return PurifyConfig.preset(self._preset)
+
+    def gentler(self) -> NFTDefense | None:
+        """NFT at half the mask learning rate, while ``collapse_retries`` allows."""
+        config = self.config
+        if config.collapse_retries <= 0:
+            return None
+        return NFTDefense(self.name, dataclasses.replace(
+            config, lr=config.lr / 2, lr_min=config.lr_min / 2, collapse_retries=config.collapse_retries - 1))
 
     def run(self, model: nn.Module, clean: Dataset, context: DefenseContext) -> DefenseOutcome:
         config = self.config
