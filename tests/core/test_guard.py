@@ -108,6 +108,10 @@ def test_a_nan_loss_is_rerun_too_and_raised_when_no_retry_is_left():
 
 
 def test_the_reference_preset_and_other_defenses_run_once():
+    from nft.core import ConfigError
+
+    with pytest.raises(ConfigError, match="collapse_retries must be ≥ 0"):
+        PurifyConfig(collapse_retries=-1)
     assert PurifyConfig.preset("nft-reference").collapse_retries == 0
     assert get_defense("nft-reference").gentler() is None
     assert get_defense("ft").gentler() is None

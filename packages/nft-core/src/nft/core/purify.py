@@ -165,6 +165,8 @@ class PurifyConfig(DefenseConfig):
             (self.reg_weight >= 0, f"reg_weight must be ≥ 0, got {self.reg_weight}"),
             (self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm),
              f"max_grad_norm must be a finite number ≥ 0 (0: no clipping), got {self.max_grad_norm}"),
+            (self.collapse_retries >= 0,
+             f"collapse_retries must be ≥ 0 (0: never rerun), got {self.collapse_retries}"),
             (self.distill_weight >= 0 and math.isfinite(self.distill_weight),
              f"distill_weight must be a finite number ≥ 0, got {self.distill_weight}"),
             (self.distill_temperature > 0,
