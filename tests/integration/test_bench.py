@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nft.core.bench import load_bench_config, read_rows, run_bench
+from nft.core.bench import load_bench_config, read_rows, run_bench, table_markdown
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,9 @@ def test_grid_runs_caches_models_and_tabulates(tmp_path):
         assert r["before"]["asr"] > 0.8 and 0 <= r["der"] <= 1 and r["clean_samples"] == 30
         # the defender's own clean-set check travels with the row; nothing collapsed here
         assert r["clean_set"]["samples"] == 30 and r["retries"] == []
+    # columns follow the config's order of defenses, whatever order the rows were run in
+    header = table_markdown(list(reversed(records)), config).split("| Attack |")[1].splitlines()[0]
+    assert header.index("nft(steps=20") < header.index("ft(steps=10")
     mtimes = {p: p.stat().st_mtime for p in (out / "models").rglob("model.safetensors")}
     again = run_bench(config, out, progress=False)  # nothing left: no retraining, same rows
     assert again == records

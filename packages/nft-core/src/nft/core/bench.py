@@ -296,12 +296,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _defense_label(entry: dict) -> str:
+    """A grid defense entry's name in tables: its ``label:``, else the method and its settings."""
+    return entry.get("label", entry["method"] if not entry.get("defense") else
+                     f"{entry['method']}({','.join(f'{k}={v}' for k, v in entry['defense'].items())})")
+
+
 def _label(record: dict, config: BenchConfig | None) -> str:
     if config is not None:
         for d in config.defenses:
             if d["method"] == record["method"] and dict(d.get("defense", {})) == record["defense"]:
-                return d.get("label", d["method"] if not d.get("defense") else
-                             f"{d['method']}({','.join(f'{k}={v}' for k, v in d['defense'].items())})")
+                return _defense_label(d)
     return record["method"]
 
 
@@ -340,6 +345,9 @@ def table_markdown(records: list[dict], config: BenchConfig | None = None) -> st
     metric = (records[0].get("primary_metric", "acc") if records else "acc").upper()
     budgets = sorted({k[1] for k in summary})
     defenses = list(dict.fromkeys(k[2] for k in summary))
+    if config is not None:  # the config's order, even when some rows were rerun later
+        order = [_defense_label(d) for d in config.defenses]
+        defenses.sort(key=lambda name: order.index(name) if name in order else len(order))
     attacks = list(dict.fromkeys(k[0] for k in summary))
     seeds = sorted({r["seed"] for r in records})
     out = []
