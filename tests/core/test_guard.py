@@ -79,7 +79,7 @@ def test_a_collapsed_model_warns_and_the_record_shows_chance():
 UNSTABLE = PurifyConfig(steps=20, batch_size=16, progress=False, lr=0.5, lr_min=0.25, clamp=False)
 
 
-def test_a_collapsed_nft_run_is_rerun_from_the_original_model_at_half_the_rate():
+def test_a_collapsed_nft_run_is_rerun_from_the_original_model_at_half_the_rate(fake_clock):
     data = _separable()
     model = _trained(data)
     original = {k: v.clone() for k, v in model.state_dict().items()}
@@ -94,6 +94,7 @@ def test_a_collapsed_nft_run_is_rerun_from_the_original_model_at_half_the_rate()
         (0.5, 0.25, 0.25), (0.25, 0.125, pytest.approx(0.7125))]
     assert (result.config.lr, result.config.lr_min, result.config.collapse_retries) == (0.125, 0.0625, 1)
     assert result.info["clean_set"]["after"] == 1.0
+    assert result.seconds == fake_clock  # one clock span over all three attempts
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
 
 
