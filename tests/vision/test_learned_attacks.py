@@ -19,13 +19,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from nft.core import ConfigError, load_tensors, save_tensors
+from nft.core import ConfigError, TrainConfig, load_tensors, save_tensors
 from nft.core.cli import main
 from nft.vision import modality
 from nft.vision.attacks import build_attack, learned_attacks
 from nft.vision.learned_cba import half_mix
 from nft.vision.data import load_dataset
-from nft.vision.learned_common import LoopConfig, ssim
+from nft.vision.learned_common import ssim
 from nft.vision.learned_fba import FeatureInjector, RandomFeatures, gram, sunrise
 from nft.vision.learned_inputaware import threshold
 from nft.vision.learned_issba import secret_bits
@@ -155,7 +155,7 @@ def test_inputaware_mask_pretraining_reaches_the_density():
     x = images(16, seed=5)
     with torch.no_grad():
         before = float(threshold(attack.networks["mask"](x)).mean())
-    attack.pretrain_mask(loaders, LoopConfig(epochs=1, batch_size=16, lr=0.1))
+    attack.pretrain_mask(loaders, TrainConfig(epochs=1, batch_size=16, lr=0.1, progress=False))
     with torch.no_grad():
         after = threshold(attack.networks["mask"](x))
     # λ_norm · relu(m − 0.032) pushes an initially half-open mask down to a sparse one

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from .errors import NonFiniteLossError
 from .purify import resolve_device
 from .tasks import ClassificationTask, Task
 
-__all__ = ["TrainConfig", "train_model"]
+__all__ = ["OneCycleSGD", "TrainConfig", "train_model"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,51 @@ def one_cycle(step: int, total: int, warmup: float) -> float:
     if step < warm:
         return (step + 1) / warm
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+class OneCycleSGD:
+    """The recipe's optimiser step: SGD on ``params`` with the one-cycle rate over ``total`` steps.
+
+    :meth:`update` does one checked step: it sets the rate for this step, stops with an error
+    naming the fix if the loss is not finite, and runs backward and the optimiser step (through
+    ``scaler`` under fp16 autocast). ``extras`` are other optimisers trained from the same loss (a
+    trigger generator learned jointly with the classifier); their rates follow the same schedule,
+    each scaled from its own starting rate. Every training loop of the toolkit steps through this,
+    so they all train with one schedule and fail the same way.
+    """
+
+    def __init__(self, params, config: TrainConfig, total: int, *,
+                 extras: Iterable[torch.optim.Optimizer] = (), scaler=None, desc: str = "training"):
+        self.config, self.total, self.desc, self.scaler = config, max(1, int(total)), desc, scaler
+        self.optimizer = torch.optim.SGD(list(params), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.extras = list(extras)
+        self._extra_lrs = [[group["lr"] for group in other.param_groups] for other in self.extras]
+        self.count = 0
+
+    def update(self, loss: torch.Tensor) -> None:
+        factor = one_cycle(self.count, self.total, self.config.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * factor
+        for other, lrs in zip(self.extras, self._extra_lrs):
+            for group, lr in zip(other.param_groups, lrs):
+                group["lr"] = lr * factor
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"{self.desc} loss became {float(loss.detach())} at step "
+                                     f"{self.count}; lower the learning rate (--lr)")
+        optimizers = [self.optimizer, *self.extras]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            for optimizer in optimizers:
+                self.scaler.step(optimizer)
+            self.scaler.update()
+        self.count += 1
 
 
 def train_model(
@@ -90,12 +135,9 @@ def train_model(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                         drop_last=len(dataset) > config.batch_size, generator=generator,
                         num_workers=config.num_workers, collate_fn=collate_fn or collate)
-    scaler = grad_scaler(device, config.precision)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
     total = config.epochs * len(loader)
-    step = 0
+    sgd = OneCycleSGD([p for p in model.parameters() if p.requires_grad], config, total,
+                      scaler=grad_scaler(device, config.precision))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         bar = tqdm(total=total, desc="train", unit="step", disable=not config.progress, leave=False)
@@ -105,27 +147,13 @@ def train_model(
                 if sampler is not None:
                     sampler.set_epoch(epoch)
                 for inputs, targets in loader:
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.lr * one_cycle(step, total, config.warmup)
                     inputs, targets = move_to(inputs, device), move_to(targets, device)
                     with autocast(device, config.precision):
                         outputs = task.forward(trained, to_memory_format(inputs, config.channels_last))
                         loss = mixed_loss(task, outputs, Mixed(inputs, ((targets, 1.0),)))
                         if extra_loss is not None:
                             loss = loss + extra_loss(model, inputs, targets)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"training loss became {float(loss.detach())} at step {step}; lower the learning rate"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is None:
-                        loss.backward()
-                        optimizer.step()
-                    else:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    step += 1
+                    sgd.update(loss)
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
                 if on_epoch_end is not None:

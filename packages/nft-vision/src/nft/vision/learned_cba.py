@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from nft.core import ConfigError, DataError, TriggeredDataset
 
 from .data import TensorImages
-from .learned_common import LearnedAttack, LoopConfig, need_images, raw_augment, seeded_loader, train_loop
+from .learned_common import LearnedAttack, need_images, raw_augment, seeded_loader, train_config, train_loop
 
 __all__ = ["CBA", "half_mix"]
 
@@ -166,7 +166,7 @@ class CBA(LearnedAttack):
             if count else np.zeros(0, dtype=np.int64)
         dataset = CompositeSet(self, vrun.raw_train_batch(np.arange(len(labels))), labels, poison_idx,
                                mix_idx, raw_augment(vrun.data))
-        config = LoopConfig.from_spec(spec)
+        config = train_config(spec)
         loader = seeded_loader(dataset, config.batch_size, config.seed)
         normalise = vrun.data.normalise
         rule = torch.tensor([a, b, self.target])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,21 +27,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from nft.core import ConfigError, DataError, NonFiniteLossError
+from nft.core import ConfigError, DataError
 from nft.core.data import move_to
 from nft.core.purify import resolve_device
-from nft.core.training import one_cycle
+from nft.core.training import OneCycleSGD, TrainConfig
 
 from .attacks import Attack
 from .data import ImageTransform
 
 __all__ = [
     "LearnedAttack",
-    "LoopConfig",
     "conv_block",
     "raw_augment",
     "seeded_loader",
     "ssim",
+    "train_config",
     "train_loop",
 ]
 
@@ -90,28 +89,14 @@ def raw_augment(data) -> ImageTransform:
 
 
 # ---- the training loop ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class LoopConfig:
-    """How the classifier is trained: the same recipe as the core's ``train_model`` (SGD with
-    momentum 0.9, weight decay 5e-4, one-cycle rate), so learned and pattern attacks give models
-    of comparable quality for the same spec."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    seed: int = 0
-    device: str | None = None
-    progress: bool = False
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup: float = 0.15
-
-    @classmethod
-    def from_spec(cls, spec, **overrides: Any) -> LoopConfig:
-        values = dict(epochs=int(spec.epochs), batch_size=int(spec.batch_size), lr=float(spec.lr),
-                      seed=int(spec.seed), device=spec.device, progress=bool(spec.progress))
-        values.update(overrides)
-        return cls(**values)
+def train_config(spec, **overrides: Any) -> TrainConfig:
+    """The classifier's training recipe for an attack spec: the core's ``train_model`` recipe
+    (SGD, momentum 0.9, weight decay 5e-4, one-cycle rate), so learned and pattern attacks give
+    models of comparable quality for the same spec."""
+    values = dict(epochs=int(spec.epochs), batch_size=int(spec.batch_size), lr=float(spec.lr),
+                  seed=int(spec.seed), device=spec.device, progress=bool(spec.progress))
+    values.update(overrides)
+    return TrainConfig(**values)
 
 
 def seeded_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
@@ -125,7 +110,7 @@ def seeded_loader(dataset: Dataset, batch_size: int, seed: int) -> DataLoader:
 def train_loop(
     model: nn.Module,
     loaders: Sequence[DataLoader],
-    config: LoopConfig,
+    config: TrainConfig,
     step: Callable[[nn.Module, tuple, int], torch.Tensor],
     *,
     optimizers: Iterable[torch.optim.Optimizer] = (),
@@ -135,9 +120,9 @@ def train_loop(
 ) -> nn.Module:
     """Train ``model`` with ``step(model, batches, epoch) -> loss`` on the zipped ``loaders``.
 
-    ``batches`` is one ``(x, y)`` per loader, already on the device. The classifier's SGD
-    optimizer is made here; ``optimizers`` (the attack's generator optimizers) are zeroed and
-    stepped together with it, so a joint objective (Input-aware) trains both from one backward
+    ``batches`` is one ``(x, y)`` per loader, already on the device. The step itself is the core's
+    :class:`~nft.core.training.OneCycleSGD`, as in ``train_model``; ``optimizers`` (the attack's
+    generator optimizers) are zeroed and stepped together with the classifier's, so a joint objective (Input-aware) trains both from one backward
     pass. Their rates follow the classifier's one-cycle schedule (IAD's official code steps both
     rates down with MultiStepLR schedules): a generator still moving at full rate while the
     classifier's rate has decayed to nothing leaves a trigger the classifier never learned (on
@@ -149,38 +134,19 @@ def train_loop(
 
     device = resolve_device(config.device)
     model.to(device).train()
-    extra = list(optimizers)
-    extra_lrs = [[group["lr"] for group in other.param_groups] for other in extra]
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                momentum=config.momentum, weight_decay=config.weight_decay)
     epochs = config.epochs if epochs is None else int(epochs)
-    per_epoch = min(len(loader) for loader in loaders)
-    total, count = max(1, epochs * per_epoch), 0
+    total = epochs * min(len(loader) for loader in loaders)
+    sgd = OneCycleSGD([p for p in model.parameters() if p.requires_grad], config, total,
+                      extras=optimizers, desc=desc)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         with tqdm(total=total, desc=desc, unit="step", disable=not config.progress, leave=False) as bar:
             for epoch in range(epochs):
                 model.train()
                 for batches in zip(*loaders):
-                    factor = one_cycle(count, total, config.warmup)
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.lr * factor
-                    for other, lrs in zip(extra, extra_lrs):
-                        for group, lr in zip(other.param_groups, lrs):
-                            group["lr"] = lr * factor
                     batches = tuple(move_to(b, device) for b in batches)
                     loss = step(model, batches, epoch)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(f"{desc}: the loss became {float(loss.detach())} at step "
-                                                 f"{count}; lower the learning rate (--lr)")
-                    optimizer.zero_grad(set_to_none=True)
-                    for other in extra:
-                        other.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    for other in extra:
-                        other.step()
-                    count += 1
+                    sgd.update(loss)
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.3f}")
                 if on_epoch_end is not None:

@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nft.core import ConfigError
+from nft.core import ConfigError, TrainConfig
 from nft.core.purify import resolve_device
 
-from .learned_common import LearnedAttack, LoopConfig, conv_block, learning_subset, need_images, \
-    raw_augment, seeded_loader, ssim, train_loop
+from .learned_common import LearnedAttack, conv_block, learning_subset, need_images, \
+    raw_augment, seeded_loader, ssim, train_config, train_loop
 
 __all__ = ["FBA", "FeatureInjector", "StyleGenerator", "sunrise"]
 
@@ -238,7 +238,7 @@ class FBA(LearnedAttack):
         self.to("cpu")
         poisoned = modality.poisoned_train_set(vrun, device=device, progress=progress)
         poisoned.transform = raw_augment(vrun.data)  # triggers and detoxicants act on raw pixels
-        config = LoopConfig.from_spec(spec)
+        config = train_config(spec)
         loader = seeded_loader(poisoned, config.batch_size, config.seed)
         normalise = vrun.data.normalise
         rate = float(spec.poison_rate)
@@ -293,7 +293,7 @@ class FBA(LearnedAttack):
         return name, torch.argsort(diff, descending=True)[:k].tolist()
 
     def train_injector(self, model: nn.Module, clean: torch.Tensor, normalise,
-                       config: LoopConfig) -> FeatureInjector:
+                       config: TrainConfig) -> FeatureInjector:
         """One detoxification round: find the compromised neurons, then train a feature injector
         that drives clean images to the target through them while staying similar (SSIM)."""
         device = next(model.parameters()).device

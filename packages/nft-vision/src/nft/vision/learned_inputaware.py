@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nft.core import ConfigError
+from nft.core import ConfigError, TrainConfig
 from nft.core.purify import resolve_device
 
-from .learned_common import LearnedAttack, LoopConfig, clean_raw_train_set, conv_block, need_images, \
-    seeded_loader, train_loop
+from .learned_common import LearnedAttack, clean_raw_train_set, conv_block, need_images, \
+    seeded_loader, train_config, train_loop
 
 __all__ = ["IADGenerator", "InputAware"]
 
@@ -140,7 +140,7 @@ class InputAware(LearnedAttack):
         spec = vrun.spec
         dataset = clean_raw_train_set(vrun)
         need_images(len(dataset), self.name)
-        config = LoopConfig.from_spec(spec)
+        config = train_config(spec)
         loaders = (seeded_loader(dataset, config.batch_size, config.seed),
                    seeded_loader(dataset, config.batch_size, config.seed + 1))
         self.to(resolve_device(device))
@@ -181,7 +181,7 @@ class InputAware(LearnedAttack):
         return {"poisoned_per_batch": int(p_attack * config.batch_size),
                 "cross_per_batch": int(p_cross * config.batch_size)}
 
-    def pretrain_mask(self, loaders, config: LoopConfig) -> None:
+    def pretrain_mask(self, loaders, config: TrainConfig) -> None:
         """Stage 1 of IAD: the mask generator alone, for sparse (≈ density) input-dependent masks."""
         from tqdm.auto import tqdm
 

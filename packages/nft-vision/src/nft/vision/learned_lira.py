@@ -31,8 +31,8 @@ from torch import nn
 from nft.core import ConfigError
 from nft.core.purify import resolve_device
 
-from .learned_common import LearnedAttack, LoopConfig, clean_raw_train_set, need_images, seeded_loader, \
-    train_loop
+from .learned_common import LearnedAttack, clean_raw_train_set, need_images, seeded_loader, \
+    train_config, train_loop
 
 __all__ = ["LIRA", "LiraAutoencoder", "LiraUNet"]
 
@@ -151,7 +151,7 @@ class LIRA(LearnedAttack):
         self.networks["scale"].std.copy_(torch.as_tensor(vrun.data.std, dtype=torch.float32).view(-1, 1, 1))
         dataset = clean_raw_train_set(vrun)
         need_images(len(dataset), self.name)
-        config = LoopConfig.from_spec(spec)
+        config = train_config(spec)
         joint = self.opts["joint_epochs"]
         joint = max(1, round(config.epochs / 2)) if joint is None else int(joint)
         loader = seeded_loader(dataset, config.batch_size, config.seed)
