@@ -12,7 +12,7 @@ from nft.core import (
     ClassificationTask, ConfigError, DepthDecayClamp, L1ToOne, MixUp, NoAugmentation, mixed_loss,
 )
 from nft.core import PurifyConfig
-from nft.core.augment import Mixed, RandomPatterns
+from nft.core.augment import CutMix, Mixed, RandomPatterns
 from nft.core.objective import CleanViewDistillation
 from nft.core.testing import AugmentationContract
 
@@ -75,6 +75,42 @@ def test_random_patterns_refuse_probabilities_outside_the_unit_interval():
         RandomPatterns(patch_prob=1.5)
     with pytest.raises(ConfigError, match="pattern_prob"):
         PurifyConfig(pattern_prob=-0.1)
+
+
+class TestCutMixContract(TestMixUpContract):
+    def make_augmentation(self): return CutMix(MixUp(1.0), prob=1.0)
+
+
+def test_cutmix_pastes_one_region_of_the_permuted_batch_and_weights_labels_by_area():
+    x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 2, 10, 12).clone()
+    y = torch.arange(6)  # each image's pixels equal its label
+    for seed in range(20):
+        mixed = _mix(CutMix(MixUp(1.0), prob=1.0), x, y, seed)
+        (ya, kept), (yb, pasted) = mixed.targets
+        assert torch.equal(ya, y) and kept + pasted == pytest.approx(1.0)
+        assert torch.equal(mixed.clean_inputs, x)  # the teacher sees the images before pasting
+        for i in range(6):
+            own = (mixed.inputs[i] == i).float().mean()
+            assert float(own) == pytest.approx(kept) or int(yb[i]) == i
+            assert set(mixed.inputs[i].unique().tolist()) <= {float(i), float(yb[i])}
+
+
+def test_cutmix_draws_strips_and_boxes_and_leaves_other_batches_to_the_base():
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+    shapes = set()
+    for seed in range(40):
+        changed = (_mix(CutMix(MixUp(1.0), prob=1.0), x, y, seed).inputs != x).any(dim=(0, 1))
+        rows, cols = changed.any(1).sum().item(), changed.any(0).sum().item()
+        shapes.add("column strip" if rows == 8 and cols < 8 else "row strip" if cols == 8 and rows < 8
+                   else "box" if 0 < rows < 8 and 0 < cols < 8 else "other")
+    assert {"column strip", "row strip", "box"} <= shapes
+    never = _mix(CutMix(MixUp(1.0), prob=0.0), x, y)  # prob 0: always the base's MixUp
+    (_, lam), (yb, _) = never.targets
+    torch.testing.assert_close(never.inputs, lam * x + (1 - lam) * x[yb])
+    with pytest.raises(ConfigError, match="prob must be in"):
+        CutMix(prob=1.5)
+    assert repr(PurifyConfig(cutmix_prob=0.5).augmentation()).startswith(
+        "RandomPatterns(base=CutMix(base=MixUp(alpha=1.0), prob=0.5")
 
 
 def test_the_config_builds_mixup_then_patterns_and_the_reference_has_none():

@@ -21,7 +21,7 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Augmentation", "Mixed", "MixUp", "NoAugmentation", "RandomPatterns", "mixed_loss",
+__all__ = ["Augmentation", "CutMix", "Mixed", "MixUp", "NoAugmentation", "RandomPatterns", "mixed_loss",
            "permute_batch"]
 
 
@@ -108,6 +108,59 @@ class MixUp:
 
     def __repr__(self) -> str:
         return f"MixUp(alpha={self.alpha})"
+
+
+class CutMix:
+    """With probability ``prob`` per batch, composite images instead of the ``base`` mixing.
+
+    A region of each sample is replaced by the same region of another sample of the batch (one
+    random permutation, one region per batch) and the two labels are weighted by area (Yun et
+    al., 2019, CutMix: λ ~ Beta(α, α) is the kept share). The region is a box (CutMix's own) or,
+    half the time, a full-height or full-width strip, so that "one object beside another" is
+    among the composites. The clean view is the batch before pasting.
+
+    Why: a composite backdoor (CBA) uses no foreign pattern; its trigger is two benign classes'
+    contents side by side, which neither MixUp's blends nor random noise patterns resemble.
+    Composites of clean images labelled by area teach the masks that such an image is a bit of
+    each class, never a third one. Other inputs than float batches ``(B, C, [T,] H, W)`` always
+    go to the base mixing.
+    """
+
+    name = "cutmix"
+
+    def __init__(self, base: Augmentation | None = None, *, prob: float = 0.5, alpha: float = 1.0) -> None:
+        if not 0 <= prob <= 1:
+            raise ConfigError(f"CutMix prob must be in [0, 1], got {prob}")
+        if not alpha > 0:
+            raise ConfigError(f"CutMix alpha must be positive, got {alpha}")
+        self.base = base if base is not None else MixUp(1.0)
+        self.prob, self.alpha = float(prob), float(alpha)
+
+    def __call__(self, inputs, targets, *, rng, generator) -> Mixed:
+        spatial = isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and inputs.ndim >= 4
+        if not spatial or rng.random() >= self.prob:
+            return self.base(inputs, targets, rng=rng, generator=generator)
+        height, width = inputs.shape[-2:]
+        cut = 1.0 - float(rng.beta(self.alpha, self.alpha))  # the pasted share
+        shape = rng.random()
+        if shape < 0.25:  # a full-height strip
+            h, w = height, int(round(cut * width))
+        elif shape < 0.5:  # a full-width strip
+            h, w = int(round(cut * height)), width
+        else:  # CutMix's box: sides scaled by sqrt(cut)
+            h, w = int(round(cut ** 0.5 * height)), int(round(cut ** 0.5 * width))
+        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        order = torch.randperm(inputs.shape[0], generator=generator)
+        x = inputs.clone()
+        x[..., top:top + h, left:left + w] = permute_batch(inputs, order)[..., top:top + h, left:left + w]
+        kept = 1.0 - h * w / (height * width)
+        return Mixed(x, ((targets, kept), (permute_batch(targets, order), 1.0 - kept)), clean_inputs=inputs)
+
+    def hooks(self, model: nn.Module) -> AbstractContextManager:
+        return self.base.hooks(model) if hasattr(self.base, "hooks") else nullcontext()
+
+    def __repr__(self) -> str:
+        return f"CutMix(base={self.base!r}, prob={self.prob}, alpha={self.alpha})"
 
 
 def mixed_loss(task: Any, outputs: Any, mixed: Mixed) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .augment import Augmentation, Mixed, MixUp, NoAugmentation, RandomPatterns, mixed_loss
+from .augment import Augmentation, CutMix, Mixed, MixUp, NoAugmentation, RandomPatterns, mixed_loss
 from .config import DefenseConfig
 from .data import SeededBatches, dataset_labels
 from .distributed import average_gradients, rank_device
@@ -81,6 +81,9 @@ class PurifyConfig(DefenseConfig):
     ``constant``."""
     mixup_alpha: float = 1.0
     """MixUp's λ ~ Beta(α, α); 0 turns mixing off (the ``nft-no-mixup`` ablation)."""
+    cutmix_prob: float = 0.0
+    """Probability, per step, that the batch is composited (CutMix boxes and strips, labels
+    weighted by area; :class:`~nft.core.augment.CutMix`) instead of mixed by MixUp."""
     pattern_prob: float = 0.5
     """Probability, per sample and step, of a random noise box and (independently) of a random
     noise blend after mixing (:class:`~nft.core.augment.RandomPatterns`); 0 gives the paper's
@@ -158,6 +161,7 @@ class PurifyConfig(DefenseConfig):
              f"norm_stats {self.norm_stats!r} is unknown; use one of {NORM_STATS}"),
             (self.mixup_alpha >= 0, f"mixup_alpha must be ≥ 0, got {self.mixup_alpha}"),
             (0 <= self.pattern_prob <= 1, f"pattern_prob must be in [0, 1], got {self.pattern_prob}"),
+            (0 <= self.cutmix_prob <= 1, f"cutmix_prob must be in [0, 1], got {self.cutmix_prob}"),
             (0 < self.pattern_max_patch <= 1,
              f"pattern_max_patch must be in (0, 1], got {self.pattern_max_patch}"),
             (0 < self.pattern_max_alpha <= 1,
@@ -203,8 +207,11 @@ class PurifyConfig(DefenseConfig):
         return sorted({min(self.steps, per_round * (r + 1)) for r in range(self.rounds)})
 
     def augmentation(self) -> Augmentation:
-        """MixUp (or nothing, when ``mixup_alpha`` is 0), then random patterns when enabled."""
+        """MixUp (or nothing, when ``mixup_alpha`` is 0) or, for a ``cutmix_prob`` share of the
+        steps, CutMix composites; then random patterns when enabled."""
         base = MixUp(self.mixup_alpha) if self.mixup_alpha > 0 else NoAugmentation()
+        if self.cutmix_prob > 0:
+            base = CutMix(base, prob=self.cutmix_prob, alpha=self.mixup_alpha or 1.0)
         if self.pattern_prob == 0:
             return base
         return RandomPatterns(base, patch_prob=self.pattern_prob, max_patch=self.pattern_max_patch,
