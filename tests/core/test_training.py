@@ -6,7 +6,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from nft.core import NonFiniteLossError, TrainConfig, train_model
-from nft.core.training import OneCycleSGD, one_cycle
+from nft.core import OneCycleSGD
+from nft.core.training import one_cycle
 
 
 def test_one_cycle_warms_up_then_decays_to_zero():

@@ -8,7 +8,7 @@
 
 from .api import purify
 from .attacks import PoisonedDataset, TriggeredDataset, attack_target, choose_poison_indices
-from .augment import Augmentation, Mixed, MixUp, NoAugmentation, mixed_loss
+from .augment import Augmentation, CutMix, Mixed, MixUp, NoAugmentation, RandomPatterns, mixed_loss
 from .config import DefenseConfig
 from .data import SeededBatches, dataset_labels, select_clean_subset
 from .defenses import DEFENSES, Defense, DefenseContext, DefenseOutcome, InputSpace, get_defense
@@ -22,7 +22,7 @@ from .objective import DepthDecayClamp, L1ToOne, NoClamp
 from .purify import PRESETS, Callback, Purifier, PurifyConfig, PurifyResult
 from .registry import Registry, available_modalities, load_modality
 from .tasks import ClassificationTask, Task
-from .training import TrainConfig, train_model
+from .training import OneCycleSGD, TrainConfig, train_model
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "Callback",
     "ClassificationTask",
     "ConfigError",
+    "CutMix",
     "DataError",
     "Defense",
     "DefenseConfig",
@@ -53,11 +54,13 @@ __all__ = [
     "NoAugmentation",
     "NoClamp",
     "NonFiniteLossError",
+    "OneCycleSGD",
     "PoisonedDataset",
     "PurificationWarning",
     "PurifyConfig",
     "PurifyResult",
     "Purifier",
+    "RandomPatterns",
     "Registry",
     "RunFolder",
     "SeededBatches",
