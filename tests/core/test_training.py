@@ -5,8 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from nft.core import NonFiniteLossError, TrainConfig, train_model
-from nft.core import OneCycleSGD
+from nft.core import NonFiniteLossError, OneCycleSGD, TrainConfig, train_model
 from nft.core.training import one_cycle
 
 
