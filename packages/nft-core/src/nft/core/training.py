@@ -61,8 +61,9 @@ class OneCycleSGD:
     naming the fix if the loss is not finite, and runs backward and the optimiser step (through
     ``scaler`` under fp16 autocast). ``extras`` are other optimisers trained from the same loss (a
     trigger generator learned jointly with the classifier); their rates follow the same schedule,
-    each scaled from its own starting rate. Every training loop of the toolkit steps through this,
-    so they all train with one schedule and fail the same way.
+    each scaled from its own starting rate. ``train_model`` and the learned image attacks' loop
+    step through this, so they train with one schedule and fail the same way. (Text models use
+    their own AdamW loop, ``nft.nlp.training``.)
     """
 
     def __init__(self, params, config: TrainConfig, total: int, *,
