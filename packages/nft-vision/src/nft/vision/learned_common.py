@@ -126,9 +126,10 @@ def train_loop(
     objective (Input-aware) trains both from one backward pass. Their rates follow the
     classifier's one-cycle schedule (IAD's official code steps both rates down with MultiStepLR
     schedules): a generator still moving at full rate while the classifier's rate has decayed to
-    nothing leaves a trigger the classifier never learned (on 2,000 Fashion-MNIST images this lifted IAD's ASR from 0.40 to 0.62). A step that updates a
-    generator by itself (LIRA) does so inside ``step``. Randomness in ``step`` (torch's global
-    generator) is seeded from ``config.seed``.
+    nothing leaves a trigger the classifier never learned (on 2,000 Fashion-MNIST images this
+    lifted IAD's ASR from 0.40 to 0.62). A step that updates a generator by itself (LIRA) does so
+    inside ``step``. Randomness in ``step`` (torch's global generator) is seeded from
+    ``config.seed``.
     """
     from tqdm.auto import tqdm
 
