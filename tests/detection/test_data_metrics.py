@@ -16,16 +16,24 @@ from nft.detection.canvas import OUTFITS, load_fashion_mnist
 def test_canvas_is_deterministic_and_well_formed(canvas_train):
     again = CanvasDetection(64, split="train", size=64, item_size=(16, 24), seed=3)
     assert torch.equal(again.images, canvas_train.images)
+    counts = []
     for i in range(len(canvas_train)):
         image, target = canvas_train[i]
         assert image.shape == (3, 64, 64) and 0 <= float(image.min()) and float(image.max()) <= 1
         boxes, labels = target["boxes"], target["labels"]
-        assert 1 <= len(boxes) <= 4 and len(labels) == len(boxes)
+        counts.append(len(boxes))
+        assert len(labels) == len(boxes)
+        for a in range(len(boxes)):  # items are placed on free spots: no two boxes overlap
+            for b in range(a + 1, len(boxes)):
+                (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = boxes[a].tolist(), boxes[b].tolist()
+                assert ax2 <= bx1 or bx2 <= ax1 or ay2 <= by1 or by2 <= ay1
         assert (boxes[:, 2:] > boxes[:, :2]).all() and boxes.min() >= 0 and boxes.max() <= 64
         assert labels.min() >= 1 and labels.max() <= 10
         # every box holds bright item pixels (a real Fashion-MNIST garment, not noise)
         x1, y1, x2, y2 = (int(v) for v in boxes[0].tolist())
         assert float(image[0, y1:y2, x1:x2].max()) > 0.5
+    # 2–4 items are drawn per canvas (one may find no free spot): every count of the range occurs
+    assert {2, 3, 4} <= set(counts) <= {1, 2, 3, 4}
     other = CanvasDetection(8, split="test", size=64, item_size=(16, 24), seed=3)
     assert not torch.equal(other.images, canvas_train.images[:8])
 

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from nft.core import DEFENSES, ConfigError, DefenseConfig, InputSpace, purify
+from nft.core import DEFENSES, ConfigError, DefenseConfig, InputSpace, defense_effectiveness_rating, purify
 from nft.core.cli import main as nft_main
 from nft.core.defenses import (
     ANPConfig, AWMConfig, FSTConfig, FTSAMConfig, IBAUConfig, NADConfig, RNPConfig, SAUConfig,
@@ -150,7 +150,7 @@ def test_head_and_feature_maps_are_found_generically():
     assert [a for _, a in feature_taps(NoLinear(), task, x, 1)] == [1]
 
 
-def test_cli_purify_runs_a_zoo_defense_and_records_its_options(tmp_path, capsys):
+def test_cli_purify_runs_a_zoo_defense_and_records_its_options(tmp_path, capsys, fake_clock):
     run = tmp_path / "attack"
     assert nft_main(["attack", "--modality", "synthetic", "--out", str(run), "--train-limit", "600",
                      "--test-limit", "200", "--holdout", "200", "--epochs", "2", "--no-progress"]) == 0
@@ -160,7 +160,8 @@ def test_cli_purify_runs_a_zoo_defense_and_records_its_options(tmp_path, capsys)
     config = json.loads((out / "config.json").read_text())
     report = json.loads((out / "report.json").read_text())
     assert config["method"] == "fst" and config["defense"]["alpha"] == 0.3 and config["defense"]["steps"] == 4
-    assert report["clean_samples"] == 50 and {"before", "after", "seconds", "der"} <= set(report)
+    assert report["clean_samples"] == 50 and report["seconds"] == fake_clock  # the clock around the run
+    assert report["der"] == pytest.approx(defense_effectiveness_rating(report["before"], report["after"]))
     assert nft_main(["purify", "--run", str(run), "--out", str(tmp_path / "x"), "--method", "awm",
                      "--set", "no_such=1", "--no-progress"]) == 2
     assert "unknown AWMConfig fields" in capsys.readouterr().err
