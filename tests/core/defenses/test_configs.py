@@ -31,7 +31,7 @@ def _images(n=20, shape=(1, 16, 16), classes=10):
 
 def test_every_defense_of_the_issue_is_registered():
     expected = {"nft", "nft-reference", "ft", "anp", "i-bau", "awm", "ft-sam", "rnp", "fst", "nad",
-                "sau", "nft-no-mixup", "nft-no-reg", "nft-no-patterns", "nft-no-distill", "ft-mixup"}
+                "sau", "nft-no-mixup", "nft-no-reg", "nft-no-patterns", "nft-no-distill", "nft-adv", "ft-mixup"}
     assert expected <= set(DEFENSES.names())
 
 

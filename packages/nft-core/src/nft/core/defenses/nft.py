@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..calibrate import calibrate_output_bias
+from ..errors import ConfigError
 from ..purify import PRESETS, Purifier, PurifyConfig
 from .base import DEFENSES, Defense, DefenseContext, DefenseOutcome
 
@@ -27,6 +28,15 @@ class NFTDefense(Defense):
     def default_config(self) -> PurifyConfig:
         return PurifyConfig.preset(self._preset)
 
+    def check(self, context: DefenseContext) -> None:
+        """The adversarial pattern (``adv_prob`` > 0, the ``nft-adv`` preset) lives in input space."""
+        super().check(context)
+        if self.config.adv_prob > 0 and context.input_space is None:
+            raise ConfigError(
+                f"{self.name} with adv_prob={self.config.adv_prob} adds a universal adversarial "
+                "pattern to the inputs, and this modality gives no input space (text has none); "
+                "set adv_prob=0 or choose nft")
+
     def gentler(self) -> NFTDefense | None:
         """NFT at half the mask learning rate, while ``collapse_retries`` allows."""
         config = self.config
@@ -44,7 +54,7 @@ class NFTDefense(Defense):
             model, clean, config, task=context.task,
             augmentation=augmentation if augmentation is not None else config.augmentation(),
             callbacks=context.callbacks, samples_per_class=context.samples_per_class,
-            collate_fn=context.collate_fn,
+            collate_fn=context.collate_fn, input_space=context.input_space,
         )
         masked = purifier.run()
         masks = masked.mask_state_dict()
