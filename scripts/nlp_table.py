@@ -39,6 +39,7 @@ BUDGET = {"gen-trigger": ["--clean-per-class", "5"]}
 DEFENSES = {
     "nft-layernorm": CONFIGS / "nft-layernorm.yaml",
     "nft-all-channels": CONFIGS / "nft-all-channels.yaml",
+    "nft-adv": CONFIGS / "nft-adv.yaml",
     "ft-mixup": CONFIGS / "ft-mixup.yaml",
 }
 

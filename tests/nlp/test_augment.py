@@ -9,7 +9,14 @@ import torch
 
 from nft.core import ConfigError, PurifyConfig, purify
 from nft.core.testing import AugmentationContract
-from nft.nlp.augment import MIX_KEY, EmbeddingMixUp, embedding_mix_hooks, hook_count, word_embeddings
+from nft.nlp.augment import (
+    MIX_KEY,
+    AdversarialToken,
+    EmbeddingMixUp,
+    embedding_mix_hooks,
+    hook_count,
+    word_embeddings,
+)
 from nft.nlp.models import ModelSize, build_classifier, build_seq2seq, register_text_mask_targets
 from nft.nlp.tasks import ClassificationCollate, Seq2SeqCollate, Seq2SeqTask, TextClassificationTask
 
@@ -167,3 +174,71 @@ def test_wrong_batches_are_refused():
         _mix(torch.rand(4, 3), torch.zeros(4))
     with pytest.raises(ConfigError, match="positive"):
         EmbeddingMixUp(0.0)
+
+
+def test_the_adversarial_token_replaces_one_inner_word_embedding_of_the_chosen_texts():
+    torch.manual_seed(0)
+    model = build_classifier("bert", VOCAB, 3, SIZE)
+    inputs, targets = _classification_batch()
+    augmentation = EmbeddingMixUp(1.0).with_adversary(prob=1.0, step=0.2)
+    assert isinstance(augmentation.adversary, AdversarialToken)
+    seen = []
+    table = word_embeddings(model)[0]
+    with augmentation.hooks(model):
+        # δ starts as a row of the model's own table, no longer than its longest row
+        rows = table.weight.detach()
+        assert torch.isclose(rows, augmentation.adversary.delta.detach()).all(1).any()
+        handle = table.register_forward_hook(lambda m, a, out: seen.append(out))
+        mixed = augmentation(inputs, targets, rng=np.random.default_rng(0),
+                             generator=torch.Generator().manual_seed(0))
+        at = mixed.inputs[MIX_KEY].token_at
+        lengths = mixed.inputs["attention_mask"].sum(1)  # of the mixed pair: the union of the two
+        assert ((at >= 1) & (at <= lengths - 2)).all()  # never the first or last real token
+        loss = TextClassificationTask().loss(model(**mixed.inputs).logits, targets)
+        handle.remove()
+    placed = seen[-1]  # the embedding output after mixing and placing (hooks run in order)
+    delta = augmentation.adversary.delta
+    for i, position in enumerate(at.tolist()):
+        assert torch.allclose(placed[i, position], delta)
+        assert not torch.allclose(placed[i, position - 1], delta)
+    loss.backward()
+    assert delta.grad is not None and delta.grad.norm() > 0
+    before = delta.detach().clone()
+    augmentation.adversary.ascend()
+    assert not torch.equal(before, delta.detach())
+    assert delta.norm() <= augmentation.adversary.radius + 1e-5
+    assert augmentation.adversary.radius == pytest.approx(float(rows.norm(dim=1).max()))
+    assert hook_count(model) == 0
+
+
+def test_nft_adv_on_text_uses_the_adversarial_token():
+    torch.manual_seed(0)
+    model = build_classifier("bert", VOCAB, 3, SIZE)
+    g = torch.Generator().manual_seed(5)
+    clean = [(torch.randint(4, VOCAB, (6,), generator=g), i % 3) for i in range(12)]
+    config = PurifyConfig.preset("nft-adv", steps=3, rounds=1, batch_size=4, progress=False,
+                                 distill_weight=0.0)
+    calls = []
+    original = AdversarialToken.ascend
+
+    def counting(self):
+        calls.append(self.delta.grad is not None)
+        original(self)
+
+    AdversarialToken.ascend = counting
+    try:
+        result = purify(model, clean, config, task=TextClassificationTask(), augmentation=EmbeddingMixUp(),
+                        collate_fn=ClassificationCollate(0))
+    finally:
+        AdversarialToken.ascend = original
+    assert calls == [False, True, True]  # each step's ascent uses the previous step's gradient
+    assert hook_count(result.model) == hook_count(model)
+
+
+def test_texts_too_short_for_an_inner_word_get_no_token_and_bad_settings_are_refused():
+    token = AdversarialToken(prob=1.0)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
+    at = token.positions(mask, torch.Generator().manual_seed(0))
+    assert at[0] == -1 and at[1] == 1 and 1 <= at[2] <= 2
+    with pytest.raises(ConfigError, match="prob in"):
+        AdversarialToken(prob=0.0)

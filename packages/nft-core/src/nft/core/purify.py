@@ -103,7 +103,9 @@ class PurifyConfig(DefenseConfig):
     (:class:`~nft.core.adversary.UniversalAdversary`): one perturbation, moved up the loss's
     gradient at every step while the masks move down it, so the masks learn to ignore the
     change that most easily flips the model (a trigger, if the model has one). 0 turns it off
-    (the default); ``nft-adv`` sets 0.5. It needs the modality's input space. On converged
+    (the default); ``nft-adv`` sets 0.5. It needs the modality's input space, or an
+    augmentation that mixes inside the model and offers ``with_adversary(prob=, step=)`` (text:
+    an adversarial token embedding, ``nft.nlp.AdversarialToken``). On converged
     Fashion-MNIST models it removed the backdoors NFT misses (SIG on half the target class
     27.4 → 5.6 % ASR, TrojanNN all-to-all 19.1 → 9.9 %, the demo's BadNets 8.0 → 1.5 %) at
     about 3 to 6 points of clean accuracy (benchmarks/results/ablation.md), so it is not the
@@ -392,6 +394,12 @@ class Purifier:
 
     def _adversary(self, input_space: InputSpace | None) -> UniversalAdversary | None:
         if self.config.adv_prob == 0:
+            return None
+        if input_space is None and hasattr(self.augmentation, "with_adversary"):
+            # mixing inside the model (text embeddings): the augmentation carries its own
+            # adversarial input in the space it mixes in
+            self.augmentation = self.augmentation.with_adversary(
+                prob=self.config.adv_prob, step=self.config.adv_step)
             return None
         if input_space is None:
             raise ConfigError(

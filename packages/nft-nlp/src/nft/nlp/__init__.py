@@ -8,7 +8,13 @@ made, so importing this package (and `nft list`) stays fast; fairseq is optional
 """
 
 from .attacks import AddSent, BadNL, NLGTrigger, contains_phrase, make_attack
-from .augment import EmbeddingMixUp, embedding_mix_hooks, hook_count, word_embeddings
+from .augment import (
+    AdversarialToken,
+    EmbeddingMixUp,
+    embedding_mix_hooks,
+    hook_count,
+    word_embeddings,
+)
 from .data import (
     LabelledTexts,
     TextPairs,
@@ -41,6 +47,7 @@ __all__ = [
     "DATASETS",
     "SEQ2SEQ",
     "AddSent",
+    "AdversarialToken",
     "BadNL",
     "ClassificationCollate",
     "EmbeddingMixUp",

@@ -37,7 +37,8 @@ from torch import nn
 from nft.core import ConfigError, Mixed
 from nft.core.augment import permute_batch
 
-__all__ = ["MIX_KEY", "EmbeddingMixUp", "embedding_mix_hooks", "mixing_active", "word_embeddings"]
+__all__ = ["MIX_KEY", "AdversarialToken", "EmbeddingMixUp", "embedding_mix_hooks", "mixing_active",
+           "word_embeddings"]
 
 MIX_KEY = "nft_mix"
 _MASK_KEYS = ("attention_mask", "decoder_attention_mask")
@@ -46,10 +47,12 @@ _ACTIVE: weakref.WeakSet = weakref.WeakSet()
 
 @dataclass(frozen=True, eq=False)
 class MixSpec:
-    """One batch's mixing: weight ``lam`` of the batch itself, ``1 − lam`` of ``batch[order]``."""
+    """One batch's mixing: weight ``lam`` of the batch itself, ``1 − lam`` of ``batch[order]``;
+    ``token_at`` (one position per sample, −1 for none) says where the adversarial token goes."""
 
     lam: float
     order: torch.Tensor
+    token_at: torch.Tensor | None = None
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, MixSpec) and self.lam == other.lam
@@ -113,21 +116,82 @@ def word_embeddings(model: nn.Module, names: Sequence[str] = ()) -> list[nn.Modu
     return found
 
 
+class AdversarialToken:
+    """A virtual input token whose embedding is moved up the loss while NFT's masks go down it.
+
+    The text counterpart of the core's universal adversarial pattern (``nft.core.adversary``):
+    a word trigger is one embedding that sends any text to the target, so one embedding ``δ``,
+    put in place of a random word of a ``prob`` share of each batch's texts and moved by
+    normalised gradient ascent (``step`` of its largest norm per step), is pulled towards the
+    trigger's, and the masks learn to ignore it. ``δ`` starts as a random row of the model's
+    token-embedding table and is kept within the table's largest row norm, so it stays the size
+    of a real word. It is made anew each time the hooks are installed (one per purification).
+    """
+
+    def __init__(self, prob: float = 0.5, step: float = 0.2) -> None:
+        if not 0 < prob <= 1 or step <= 0:
+            raise ConfigError(f"the adversarial token needs prob in (0, 1] and step > 0, got {prob}, {step}")
+        self.prob, self.step = float(prob), float(step)
+        self.delta: torch.Tensor | None = None
+        self.radius = 0.0
+
+    def reset(self, table: nn.Embedding, generator: torch.Generator) -> None:
+        weight = table.weight.detach()
+        row = int(torch.randint(weight.shape[0], (1,), generator=generator))
+        self.delta = weight[row].clone().requires_grad_(True)
+        self.radius = float(weight.norm(dim=1).max())
+
+    def positions(self, attention_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One position per text, strictly between its first and last real token, or −1."""
+        lengths = attention_mask.sum(dim=1).cpu()
+        chosen = torch.rand(len(lengths), generator=generator) < self.prob
+        offset = (torch.rand(len(lengths), generator=generator) * (lengths - 2).clamp(min=1)).long() + 1
+        return torch.where(chosen & (lengths >= 3), offset, torch.full_like(offset, -1))
+
+    @torch.no_grad()
+    def ascend(self) -> None:
+        if self.delta is None or self.delta.grad is None:
+            return
+        norm = self.delta.grad.norm()
+        if torch.isfinite(norm) and norm > 0:
+            self.delta.add_(self.delta.grad, alpha=self.step * self.radius / float(norm))
+            size = self.delta.norm()
+            if size > self.radius:
+                self.delta.mul_(self.radius / float(size))
+        self.delta.grad = None
+
+    def place(self, hidden: torch.Tensor, token_at: torch.Tensor) -> torch.Tensor:
+        where = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        rows = (token_at >= 0).nonzero().flatten()
+        where[rows.to(hidden.device), token_at[rows].to(hidden.device)] = True
+        return torch.where(where.unsqueeze(-1), self.delta.to(hidden.dtype), hidden)
+
+
 def mixing_active(model: nn.Module) -> bool:
     """True inside ``hooks(model)``: mixed batches given to ``model`` are mixed."""
     return model in _ACTIVE
 
 
 @contextmanager
-def embedding_mix_hooks(model: nn.Module, names: Sequence[str] = ()) -> Iterator[None]:
-    """Install the mixing hooks on ``model`` for the ``with`` block; remove them after, always."""
+def embedding_mix_hooks(model: nn.Module, names: Sequence[str] = (),
+                        adversary: AdversarialToken | None = None) -> Iterator[None]:
+    """Install the mixing hooks on ``model`` for the ``with`` block; remove them after, always.
+
+    With an ``adversary``, its token is placed in the first embedding output of each armed call
+    (the encoder's input; a decoder's target embeddings come later and are left alone)."""
     if model in _ACTIVE:
         raise ConfigError("embedding MixUp hooks are already installed on this model")
-    state: dict[str, MixSpec | None] = {"mix": None}
+    state: dict = {"mix": None, "placed": False}
+    tables = word_embeddings(model, names)
+    if adversary is not None:
+        if not isinstance(tables[0], nn.Embedding):
+            raise ConfigError(
+                "the adversarial token needs a token-embedding table (nn.Embedding) to start from")
+        adversary.reset(tables[0], torch.Generator().manual_seed(0))
 
     def arm(module, args, kwargs):
         mix = kwargs.pop(MIX_KEY, None)
-        state["mix"] = mix
+        state["mix"], state["placed"] = mix, False
         return args, kwargs
 
     def disarm(module, args, kwargs, output):
@@ -137,11 +201,15 @@ def embedding_mix_hooks(model: nn.Module, names: Sequence[str] = ()) -> Iterator
         mix = state["mix"]
         if mix is None or not isinstance(output, torch.Tensor):
             return None
-        return mix.apply(output)
+        mixed = mix.apply(output)
+        if adversary is not None and mix.token_at is not None and not state["placed"]:
+            state["placed"] = True
+            mixed = adversary.place(mixed, mix.token_at)
+        return mixed
 
     handles = [model.register_forward_pre_hook(arm, with_kwargs=True),
                model.register_forward_hook(disarm, with_kwargs=True, always_call=True)]
-    handles += [m.register_forward_hook(mix_output) for m in word_embeddings(model, names)]
+    handles += [m.register_forward_hook(mix_output) for m in tables]
     _ACTIVE.add(model)
     try:
         yield
@@ -158,15 +226,18 @@ class EmbeddingMixUp:
         alpha: λ ~ Beta(alpha, alpha); the NFT reference code uses 1.
         modules: dotted names of the modules whose outputs are mixed; empty = the token-embedding
             tables (``word_embeddings``).
+        adversary: an :class:`AdversarialToken` placed in the mixed texts, or ``None``.
     """
 
     name = "embedding-mixup"
 
-    def __init__(self, alpha: float = 1.0, modules: Sequence[str] = ()) -> None:
+    def __init__(self, alpha: float = 1.0, modules: Sequence[str] = (),
+                 adversary: AdversarialToken | None = None) -> None:
         if not alpha > 0:
             raise ConfigError(f"EmbeddingMixUp alpha must be positive, got {alpha}")
         self.alpha = float(alpha)
         self.modules = tuple(modules)
+        self.adversary = adversary
 
     def __call__(self, inputs, targets, *, rng: np.random.Generator, generator: torch.Generator) -> Mixed:
         if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
@@ -181,15 +252,29 @@ class EmbeddingMixUp:
         for key in _MASK_KEYS:
             if key in mixed and isinstance(mixed[key], torch.Tensor):
                 mixed[key] = torch.maximum(mixed[key], mixed[key][order.to(mixed[key].device)])
-        mixed[MIX_KEY] = MixSpec(lam, order.to(inputs["input_ids"].device))
+        token_at = None
+        if self.adversary is not None:
+            self.adversary.ascend()  # the previous step's gradient, left on δ by its backward pass
+            mask = mixed.get("attention_mask")
+            if mask is None:
+                mask = torch.ones_like(inputs["input_ids"])
+            token_at = self.adversary.positions(mask, generator)
+        mixed[MIX_KEY] = MixSpec(lam, order.to(inputs["input_ids"].device), token_at)
         return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)))
+
+    def with_adversary(self, *, prob: float, step: float) -> EmbeddingMixUp:
+        """The same mixing with an :class:`AdversarialToken` (NFT's ``adv_prob`` / ``adv_step``
+        for text, whose inputs have no space to add a pattern to)."""
+        return EmbeddingMixUp(self.alpha, self.modules, AdversarialToken(prob, step))
 
     def hooks(self, model: nn.Module):
         """Context manager: the mixing hooks on ``model``, removed on exit."""
-        return embedding_mix_hooks(model, self.modules)
+        return embedding_mix_hooks(model, self.modules, self.adversary)
 
     def __repr__(self) -> str:
         extra = f", modules={list(self.modules)}" if self.modules else ""
+        if self.adversary is not None:
+            extra += f", adversary=AdversarialToken({self.adversary.prob}, {self.adversary.step})"
         return f"EmbeddingMixUp(alpha={self.alpha}{extra})"
 
 

@@ -29,9 +29,11 @@ class NFTDefense(Defense):
         return PurifyConfig.preset(self._preset)
 
     def check(self, context: DefenseContext) -> None:
-        """The adversarial pattern (``adv_prob`` > 0, the ``nft-adv`` preset) lives in input space."""
+        """The adversarial pattern (``adv_prob`` > 0, the ``nft-adv`` preset) lives in input space,
+        or in the hidden space of an augmentation that offers ``with_adversary``."""
         super().check(context)
-        if self.config.adv_prob > 0 and context.input_space is None:
+        if (self.config.adv_prob > 0 and context.input_space is None
+                and not hasattr(context.augmentation, "with_adversary")):
             raise ConfigError(
                 f"{self.name} with adv_prob={self.config.adv_prob} adds a universal adversarial "
                 "pattern to the inputs, and this modality gives no input space (text has none); "
