@@ -191,7 +191,7 @@ def test_the_adversarial_token_replaces_one_inner_word_embedding_of_the_chosen_t
         handle = table.register_forward_hook(lambda m, a, out: seen.append(out))
         mixed = augmentation(inputs, targets, rng=np.random.default_rng(0),
                              generator=torch.Generator().manual_seed(0))
-        at = mixed.inputs[MIX_KEY].token_at
+        at = mixed.inputs[MIX_KEY].token_at[:, 0]
         lengths = mixed.inputs["attention_mask"].sum(1)  # of the mixed pair: the union of the two
         assert ((at >= 1) & (at <= lengths - 2)).all()  # never the first or last real token
         loss = TextClassificationTask().loss(model(**mixed.inputs).logits, targets)
@@ -238,7 +238,32 @@ def test_nft_adv_on_text_uses_the_adversarial_token():
 def test_texts_too_short_for_an_inner_word_get_no_token_and_bad_settings_are_refused():
     token = AdversarialToken(prob=1.0)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
-    at = token.positions(mask, torch.Generator().manual_seed(0))
+    at = token.positions(mask, torch.Generator().manual_seed(0))[:, 0]
     assert at[0] == -1 and at[1] == 1 and 1 <= at[2] <= 2
     with pytest.raises(ConfigError, match="prob in"):
         AdversarialToken(prob=0.0)
+    with pytest.raises(ConfigError, match="count"):
+        AdversarialToken(count=0)
+
+
+def test_several_tokens_each_move_along_their_own_gradient_within_the_radius():
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(VOCAB, 16)
+    token = AdversarialToken(prob=1.0, step=0.5, count=3)
+    token.reset(table, torch.Generator().manual_seed(0))
+    assert token.delta.shape == (3, 16)
+    hidden = torch.zeros(4, 6, 16)
+    token_at = torch.tensor([[1, 0], [2, 2], [-1, 1], [4, 2]])
+    placed = token.place(hidden, token_at)
+    assert torch.equal(placed[0, 1], token.delta[0].detach())
+    assert torch.equal(placed[1, 2], token.delta[2].detach())
+    assert placed[2].abs().sum() == 0 and placed[0, 2].abs().sum() == 0
+    direction = torch.randn(3, 16, generator=torch.Generator().manual_seed(1))
+    (token.delta * direction).sum().backward()
+    before = token.delta.detach().clone()
+    token.ascend()
+    moved = token.delta.detach() - before
+    for i in range(3):  # each row moves along its own gradient, by the same share of the radius
+        cosine = torch.nn.functional.cosine_similarity(moved[i], direction[i], dim=0)
+        assert cosine > 0.99 or token.delta[i].norm() == pytest.approx(token.radius, rel=1e-5)
+    assert (token.delta.norm(dim=1) <= token.radius * (1 + 1e-5)).all()

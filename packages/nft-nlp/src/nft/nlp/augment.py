@@ -48,7 +48,7 @@ _ACTIVE: weakref.WeakSet = weakref.WeakSet()
 @dataclass(frozen=True, eq=False)
 class MixSpec:
     """One batch's mixing: weight ``lam`` of the batch itself, ``1 − lam`` of ``batch[order]``;
-    ``token_at`` (one position per sample, −1 for none) says where the adversarial token goes."""
+    ``token_at`` (per sample: a position, −1 for none, and which token) places the adversarial token."""
 
     lam: float
     order: torch.Tensor
@@ -128,43 +128,50 @@ class AdversarialToken:
     of a real word. It is made anew each time the hooks are installed (one per purification).
     """
 
-    def __init__(self, prob: float = 0.5, step: float = 0.2) -> None:
-        if not 0 < prob <= 1 or step <= 0:
-            raise ConfigError(f"the adversarial token needs prob in (0, 1] and step > 0, got {prob}, {step}")
-        self.prob, self.step = float(prob), float(step)
+    def __init__(self, prob: float = 0.5, step: float = 0.2, count: int = 1) -> None:
+        if not 0 < prob <= 1 or step <= 0 or count < 1:
+            raise ConfigError(f"the adversarial token needs prob in (0, 1], step > 0 and count ≥ 1, "
+                              f"got {prob}, {step}, {count}")
+        self.prob, self.step, self.count = float(prob), float(step), int(count)
         self.delta: torch.Tensor | None = None
         self.radius = 0.0
 
     def reset(self, table: nn.Embedding, generator: torch.Generator) -> None:
         weight = table.weight.detach()
-        row = int(torch.randint(weight.shape[0], (1,), generator=generator))
-        self.delta = weight[row].clone().requires_grad_(True)
+        rows = torch.randint(weight.shape[0], (self.count,), generator=generator)
+        self.delta = weight[rows].clone().requires_grad_(True)
         self.radius = float(weight.norm(dim=1).max())
 
     def positions(self, attention_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One position per text, strictly between its first and last real token, or −1."""
+        """``(position, token)`` per text: a position strictly between its first and last real
+        token and which of the ``count`` tokens goes there, or −1 for no token."""
         lengths = attention_mask.sum(dim=1).cpu()
         chosen = torch.rand(len(lengths), generator=generator) < self.prob
         offset = (torch.rand(len(lengths), generator=generator) * (lengths - 2).clamp(min=1)).long() + 1
-        return torch.where(chosen & (lengths >= 3), offset, torch.full_like(offset, -1))
+        which = torch.randint(self.count, (len(lengths),), generator=generator)
+        at = torch.where(chosen & (lengths >= 3), offset, torch.full_like(offset, -1))
+        return torch.stack([at, which], dim=1)
 
     @torch.no_grad()
     def ascend(self) -> None:
+        """One normalised step up the loss for each token, then back within the radius."""
         if self.delta is None or self.delta.grad is None:
             return
-        norm = self.delta.grad.norm()
-        if torch.isfinite(norm) and norm > 0:
-            self.delta.add_(self.delta.grad, alpha=self.step * self.radius / float(norm))
-            size = self.delta.norm()
-            if size > self.radius:
-                self.delta.mul_(self.radius / float(size))
+        norms = self.delta.grad.norm(dim=1, keepdim=True)
+        moving = torch.isfinite(norms) & (norms > 0)
+        step = torch.where(moving, self.delta.grad / norms.clamp(min=1e-12), torch.zeros_like(self.delta))
+        self.delta.add_(step, alpha=self.step * self.radius)
+        sizes = self.delta.norm(dim=1, keepdim=True)
+        self.delta.mul_(torch.clamp(self.radius / sizes.clamp(min=1e-12), max=1.0))
         self.delta.grad = None
 
     def place(self, hidden: torch.Tensor, token_at: torch.Tensor) -> torch.Tensor:
+        """``hidden`` with token ``token_at[i, 1]`` at position ``token_at[i, 0]`` of text i."""
+        rows = (token_at[:, 0] >= 0).nonzero().flatten()
         where = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-        rows = (token_at >= 0).nonzero().flatten()
-        where[rows.to(hidden.device), token_at[rows].to(hidden.device)] = True
-        return torch.where(where.unsqueeze(-1), self.delta.to(hidden.dtype), hidden)
+        where[rows.to(hidden.device), token_at[rows, 0].to(hidden.device)] = True
+        tokens = self.delta[token_at[:, 1].to(self.delta.device)].to(hidden.dtype)  # (batch, width)
+        return torch.where(where.unsqueeze(-1), tokens.unsqueeze(1), hidden)
 
 
 def mixing_active(model: nn.Module) -> bool:
@@ -262,10 +269,10 @@ class EmbeddingMixUp:
         mixed[MIX_KEY] = MixSpec(lam, order.to(inputs["input_ids"].device), token_at)
         return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)))
 
-    def with_adversary(self, *, prob: float, step: float) -> EmbeddingMixUp:
+    def with_adversary(self, *, prob: float, step: float, count: int = 1) -> EmbeddingMixUp:
         """The same mixing with an :class:`AdversarialToken` (NFT's ``adv_prob`` / ``adv_step``
         for text, whose inputs have no space to add a pattern to)."""
-        return EmbeddingMixUp(self.alpha, self.modules, AdversarialToken(prob, step))
+        return EmbeddingMixUp(self.alpha, self.modules, AdversarialToken(prob, step, count))
 
     def hooks(self, model: nn.Module):
         """Context manager: the mixing hooks on ``model``, removed on exit."""
