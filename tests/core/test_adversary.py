@@ -141,3 +141,17 @@ def test_nft_adv_without_an_input_space_is_refused_before_any_work():
     data = TensorDataset(torch.randn(8, 3, 8, 8), torch.arange(8) % 4)
     with pytest.raises(ConfigError, match="nft-adv with adv_prob=0.5.*no input space"):
         purify(CNNBatchNorm(), data, method="nft-adv")
+
+
+def test_lists_of_same_shape_samples_are_perturbed_like_a_batch_and_others_are_refused():
+    adversary = UniversalAdversary(SPACE, prob=1.0, eps=0.1, step=0.2, device=torch.device("cpu"))
+    with torch.no_grad():
+        adversary.delta.fill_(0.1)
+    images = [torch.zeros(1, 8, 8) for _ in range(3)]
+    out = adversary.perturb(images, torch.Generator().manual_seed(0))
+    assert isinstance(out, list) and len(out) == 3
+    assert all(torch.allclose(x, torch.full((1, 8, 8), 0.2)) for x in out)
+    with pytest.raises(ConfigError, match="same-shape"):
+        adversary.perturb([torch.zeros(1, 8, 8), torch.zeros(1, 4, 4)], torch.Generator())
+    with pytest.raises(ConfigError, match="tensor batches, got dict"):
+        adversary.perturb({"input_ids": torch.zeros(2, 3)}, torch.Generator())

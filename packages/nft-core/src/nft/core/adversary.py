@@ -58,8 +58,22 @@ class UniversalAdversary:
             return torch.as_tensor(value, dtype=like.dtype, device=like.device)
         return as_tensor(self.space.scale), as_tensor(self.space.lower), as_tensor(self.space.upper)
 
-    def perturb(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``inputs`` with δ added to a random share of the samples (the others unchanged)."""
+    def perturb(self, inputs: torch.Tensor | list[torch.Tensor],
+                generator: torch.Generator) -> torch.Tensor | list[torch.Tensor]:
+        """``inputs`` with δ added to a random share of the samples (the others unchanged).
+
+        A batch is a tensor, or a list of same-shape sample tensors (detection batches), which
+        comes back as a list."""
+        if isinstance(inputs, (list, tuple)):
+            if not inputs or not all(isinstance(x, torch.Tensor) and x.shape == inputs[0].shape
+                                     for x in inputs):
+                raise ConfigError(
+                    "the adversarial pattern needs a batch tensor or a list of same-shape sample "
+                    "tensors; this batch has neither (samples of different sizes?); set adv_prob=0")
+            return list(self.perturb(torch.stack(list(inputs)), generator).unbind(0))
+        if not isinstance(inputs, torch.Tensor):
+            raise ConfigError(f"the adversarial pattern needs tensor batches, got {type(inputs).__name__}; "
+                              "set adv_prob=0")
         if tuple(inputs.shape[1:]) != tuple(self.space.shape):
             raise ConfigError(
                 f"the modality's input space says one sample has shape {tuple(self.space.shape)}, "

@@ -451,8 +451,7 @@ class Purifier:
             group["lr"] = self.config.lr_at(s)
         mixed = self.augmentation(inputs, targets, rng=rng, generator=generator)
         student_inputs = mixed.inputs
-        if (self.adversary is not None and isinstance(student_inputs, torch.Tensor)
-                and s < self.config.adv_stop * self.config.steps):
+        if self.adversary is not None and s < self.config.adv_stop * self.config.steps:
             student_inputs = self.adversary.perturb(student_inputs, generator)
         with autocast(self.device, self.config.precision):
             try:
