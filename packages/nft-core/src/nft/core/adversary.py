@@ -28,7 +28,22 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .defenses.base import InputSpace
 
-__all__ = ["UniversalAdversary"]
+__all__ = ["UniversalAdversary", "ascend_within"]
+
+
+@torch.no_grad()
+def ascend_within(delta: torch.Tensor, grad: torch.Tensor | None, step_size: float, radius: float) -> None:
+    """Move ``delta`` in place by ``step_size`` along ``grad``'s direction, then back into the L2
+    ball of ``radius``; no step for a missing, zero or non-finite gradient. Shared by every
+    adversarial input NFT trains against (this pattern, the text modality's token)."""
+    if grad is None:
+        return
+    norm = grad.norm()
+    if torch.isfinite(norm) and norm > 0:
+        delta.add_(grad, alpha=step_size / float(norm))
+        size = delta.norm()
+        if size > radius:
+            delta.mul_(radius / float(size))
 
 
 class UniversalAdversary:
@@ -51,7 +66,6 @@ class UniversalAdversary:
         self.radius = eps * math.sqrt(math.prod(space.shape))
         self.step_size = step * self.radius
         self.delta = torch.zeros(tuple(space.shape), device=device, requires_grad=True)
-        self._active = False
 
     def _bounds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         def as_tensor(value):
@@ -81,27 +95,16 @@ class UniversalAdversary:
                 "modality's InputSpace or set adv_prob=0")
         chosen = torch.rand(inputs.shape[0], generator=generator, device=generator.device) < self.prob
         if not bool(chosen.any()):
-            self._active = False
-            return inputs
+            return inputs  # δ is not in this step's graph, so it gets no gradient and stays
         scale, lower, upper = self._bounds(inputs)
         carrying = (inputs + self.delta.to(inputs.dtype) * scale).clamp(lower, upper)
-        self._active = True
         where = chosen.to(inputs.device).view(-1, *([1] * (inputs.dim() - 1)))
         return torch.where(where, carrying, inputs)
 
-    @torch.no_grad()
     def ascend(self) -> None:
         """One step up the loss, then back onto the L2 ball; a no-op when no sample carried δ."""
-        grad = self.delta.grad
-        if self._active and grad is not None:
-            norm = grad.norm()
-            if torch.isfinite(norm) and norm > 0:
-                self.delta.add_(grad, alpha=self.step_size / float(norm))
-                size = self.delta.norm()
-                if size > self.radius:
-                    self.delta.mul_(self.radius / float(size))
+        ascend_within(self.delta, self.delta.grad, self.step_size, self.radius)
         self.delta.grad = None
-        self._active = False
 
     def rms(self) -> float:
         """δ's root-mean-square value per element, in raw input units."""

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from nft.core import ConfigError, Mixed
+from nft.core.adversary import ascend_within
 from nft.core.augment import permute_batch
 
 __all__ = ["MIX_KEY", "AdversarialToken", "EmbeddingMixUp", "embedding_mix_hooks", "mixing_active",
@@ -152,17 +153,12 @@ class AdversarialToken:
         at = torch.where(chosen & (lengths >= 3), offset, torch.full_like(offset, -1))
         return torch.stack([at, which], dim=1)
 
-    @torch.no_grad()
     def ascend(self) -> None:
         """One normalised step up the loss for each token, then back within the radius."""
         if self.delta is None or self.delta.grad is None:
             return
-        norms = self.delta.grad.norm(dim=1, keepdim=True)
-        moving = torch.isfinite(norms) & (norms > 0)
-        step = torch.where(moving, self.delta.grad / norms.clamp(min=1e-12), torch.zeros_like(self.delta))
-        self.delta.add_(step, alpha=self.step * self.radius)
-        sizes = self.delta.norm(dim=1, keepdim=True)
-        self.delta.mul_(torch.clamp(self.radius / sizes.clamp(min=1e-12), max=1.0))
+        for row, grad in zip(self.delta.detach(), self.delta.grad):
+            ascend_within(row, grad, self.step * self.radius, self.radius)
         self.delta.grad = None
 
     def place(self, hidden: torch.Tensor, token_at: torch.Tensor) -> torch.Tensor:
