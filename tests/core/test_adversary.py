@@ -114,7 +114,7 @@ def test_the_purifier_records_the_pattern_and_refuses_it_without_an_input_space(
     with pytest.raises(ConfigError, match="needs the modality's input space.*adv_prob=0"):
         Purifier(CNNBatchNorm(), data, config)
     assert Purifier(CNNBatchNorm(), data, PurifyConfig(steps=2, rounds=1)).adversary is None
-    assert PurifyConfig.preset("nft-adv") == PurifyConfig(adv_prob=0.5)
+    assert PurifyConfig.preset("nft-adv") == PurifyConfig(adv_prob=0.5, adv_eps=0.04, distill_weight=2.0)
 
 
 def test_the_pattern_stops_at_adv_stop_and_resumes_from_a_saved_state(tmp_path):

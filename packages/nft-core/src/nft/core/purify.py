@@ -103,13 +103,12 @@ class PurifyConfig(DefenseConfig):
     (:class:`~nft.core.adversary.UniversalAdversary`): one perturbation, moved up the loss's
     gradient at every step while the masks move down it, so the masks learn to ignore the
     change that most easily flips the model (a trigger, if the model has one). 0 turns it off
-    (the default); ``nft-adv`` sets 0.5. It needs the modality's input space, or an
+    (the default); ``nft-adv`` sets 0.5, with ``adv_eps=0.04`` and ``distill_weight=2``. It needs the modality's input space, or an
     augmentation that mixes inside the model and offers ``with_adversary(prob=, step=)`` (text:
     an adversarial token embedding, ``nft.nlp.AdversarialToken``). On converged
-    Fashion-MNIST models it removed the backdoors NFT misses (SIG on half the target class
-    27.4 → 5.6 % ASR, TrojanNN all-to-all 19.1 → 9.9 %, the demo's BadNets 8.0 → 1.5 %) at
-    about 3 to 6 points of clean accuracy (benchmarks/results/ablation.md), so it is not the
-    default."""
+    Fashion-MNIST models ``nft-adv`` removed backdoors NFT misses (SIG on half the target class
+    27.4 → 3.0 % ASR, SIG 11.2 → 2.5 %, CLB 14.1 → 5.4 %, the demo's BadNets 8.0 → 2.0 %) at 2
+    to 9 points of clean accuracy (benchmarks/results/ablation.md), so it is not the default."""
     adv_eps: float = 0.05
     """The pattern's size: root-mean-square change per input element, in raw units (pixels in
     [0, 1]); its L2 norm is at most ``adv_eps · √d`` for a d-element sample. 0.03 did not find
@@ -276,7 +275,10 @@ PRESETS: dict[str, PurifyConfig] = {
     "nft-no-reg": PurifyConfig(reg_weight=0.0),
     "nft-no-patterns": PurifyConfig(pattern_prob=0.0),
     "nft-no-distill": PurifyConfig(distill_weight=0.0),
-    "nft-adv": PurifyConfig(adv_prob=0.5),
+    # the pattern on half of each batch, a budget just large enough for a SIG trigger, and the
+    # teacher's pull doubled, which kept the all-to-one TrojanNN backdoor from coming back
+    # (16.5 % at weight 1, 7.7 % at 2; benchmarks/results/ablation.md)
+    "nft-adv": PurifyConfig(adv_prob=0.5, adv_eps=0.04, distill_weight=2.0),
 }
 
 
