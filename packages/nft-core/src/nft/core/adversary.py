@@ -88,11 +88,7 @@ class UniversalAdversary:
         if not isinstance(inputs, torch.Tensor):
             raise ConfigError(f"the adversarial pattern needs tensor batches, got {type(inputs).__name__}; "
                               "set adv_prob=0")
-        if tuple(inputs.shape[1:]) != tuple(self.space.shape):
-            raise ConfigError(
-                f"the modality's input space says one sample has shape {tuple(self.space.shape)}, "
-                f"but the clean batches have samples of shape {tuple(inputs.shape[1:])}; fix the "
-                "modality's InputSpace or set adv_prob=0")
+        self.space.sample_shape(inputs)
         chosen = torch.rand(inputs.shape[0], generator=generator, device=generator.device) < self.prob
         if not bool(chosen.any()):
             return inputs  # δ is not in this step's graph, so it gets no gradient and stays

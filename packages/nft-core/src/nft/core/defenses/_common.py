@@ -279,13 +279,7 @@ def pixel_scale(space: InputSpace, like: torch.Tensor) -> torch.Tensor:
 
 def sample_shape(space: InputSpace, inputs: torch.Tensor) -> tuple[int, ...]:
     """One sample's shape, checked against the clean batch (a clear error if they disagree)."""
-    shape = tuple(space.shape)
-    if tuple(inputs.shape[1:]) != shape:
-        raise ConfigError(
-            f"the modality's input space says one sample has shape {shape}, but the clean batches "
-            f"have samples of shape {tuple(inputs.shape[1:])}; fix the modality's InputSpace"
-        )
-    return shape
+    return space.sample_shape(inputs)
 
 
 def require_tensor_inputs(inputs: Any, defense: str) -> torch.Tensor:

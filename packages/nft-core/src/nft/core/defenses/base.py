@@ -40,6 +40,16 @@ class InputSpace:
     upper: torch.Tensor | float = 1.0
     scale: torch.Tensor | float = 1.0
 
+    def sample_shape(self, inputs: torch.Tensor) -> tuple[int, ...]:
+        """One sample's shape, checked against a batch (a clear error if they disagree)."""
+        shape = tuple(self.shape)
+        if tuple(inputs.shape[1:]) != shape:
+            raise ConfigError(
+                f"the modality's input space says one sample has shape {shape}, but the clean batches "
+                f"have samples of shape {tuple(inputs.shape[1:])}; fix the modality's InputSpace"
+            )
+        return shape
+
     def clamp(self, inputs: torch.Tensor) -> torch.Tensor:
         lower = torch.as_tensor(self.lower, dtype=inputs.dtype, device=inputs.device)
         upper = torch.as_tensor(self.upper, dtype=inputs.dtype, device=inputs.device)
