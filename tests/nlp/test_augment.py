@@ -211,27 +211,35 @@ def test_the_adversarial_token_replaces_one_inner_word_embedding_of_the_chosen_t
     assert hook_count(model) == 0
 
 
-def test_nft_adv_on_text_uses_the_adversarial_token():
+def test_nft_adv_on_text_moves_the_token_after_each_backward_pass_until_adv_stop():
     torch.manual_seed(0)
     model = build_classifier("bert", VOCAB, 3, SIZE)
     g = torch.Generator().manual_seed(5)
     clean = [(torch.randint(4, VOCAB, (6,), generator=g), i % 3) for i in range(12)]
-    config = PurifyConfig.preset("nft-adv", steps=3, rounds=1, batch_size=4, progress=False,
-                                 distill_weight=0.0)
-    calls = []
-    original = AdversarialToken.ascend
+    config = PurifyConfig.preset("nft-adv", steps=4, rounds=1, batch_size=4, progress=False,
+                                 distill_weight=0.0, adv_prob=1.0, adv_stop=0.5)
+    ascents, placed = [], []
+    ascend, place = AdversarialToken.ascend, AdversarialToken.place
 
-    def counting(self):
-        calls.append(self.delta.grad is not None)
-        original(self)
+    def counting_ascend(self):
+        ascents.append(self.delta.grad is not None)
+        ascend(self)
 
-    AdversarialToken.ascend = counting
+    def counting_place(self, hidden, token_at):
+        placed.append(int((token_at[:, 0] >= 0).sum()))
+        return place(self, hidden, token_at)
+
+    AdversarialToken.ascend, AdversarialToken.place = counting_ascend, counting_place
     try:
         result = purify(model, clean, config, task=TextClassificationTask(), augmentation=EmbeddingMixUp(),
                         collate_fn=ClassificationCollate(0))
     finally:
-        AdversarialToken.ascend = original
-    assert calls == [False, True, True]  # each step's ascent uses the previous step's gradient
+        AdversarialToken.ascend, AdversarialToken.place = ascend, place
+    # the first half of the steps put the token in every text, and the loop steps it right after
+    # each backward pass with that pass's gradient; the second half carry no token, so there is
+    # no gradient to step with
+    assert placed == [4, 4]
+    assert ascents == [True, True, False, False]
     assert hook_count(result.model) == hook_count(model)
 
 

@@ -117,8 +117,8 @@ class PurifyConfig(DefenseConfig):
     adv_step: float = 0.2
     """The pattern's step per optimiser step, as a share of its largest norm."""
     adv_stop: float = 1.0
-    """Share of the steps, from the first, whose batches carry the pattern; the rest let the
-    masks win back clean accuracy without it."""
+    """Share of the steps, from the first, whose batches carry the pattern (or the text token);
+    the rest let the masks win back clean accuracy without it."""
     reg_weight: float = 0.001
     """Weight of Σ|1 − m|; divided by the clean samples per class when ``reg_per_class``."""
     reg_per_class: bool = True
@@ -451,9 +451,12 @@ class Purifier:
             self._check_first(inputs)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr_at(s)
+        adversarial = s < self.config.adv_stop * self.config.steps
+        if (carried := getattr(self.augmentation, "adversary", None)) is not None:
+            carried.enabled = adversarial  # an augmentation's own adversary (text): placed or not
         mixed = self.augmentation(inputs, targets, rng=rng, generator=generator)
         student_inputs = mixed.inputs
-        if self.adversary is not None and s < self.config.adv_stop * self.config.steps:
+        if self.adversary is not None and adversarial:
             student_inputs = self.adversary.perturb(student_inputs, generator)
         with autocast(self.device, self.config.precision):
             try:
@@ -486,12 +489,19 @@ class Purifier:
             self._clip_gradients()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        if self.adversary is not None:
-            average_gradients([self.adversary.delta])
-            self.adversary.ascend()
+        self._ascend_adversaries()
         self.constraint(self.masked.mask_parameters())
         self.step_index += 1
         return float(loss.detach())
+
+    def _ascend_adversaries(self) -> None:
+        """After the backward pass: every adversarial input of this purification (the input-space
+        pattern, and an augmentation's own, such as the text token) takes its step up the loss,
+        with its gradient averaged over ranks first so that every rank keeps the same δ."""
+        for adversary in (self.adversary, getattr(self.augmentation, "adversary", None)):
+            if adversary is not None and adversary.delta is not None:
+                average_gradients([adversary.delta])
+                adversary.ascend()
 
     def run(self) -> MaskedModel:
         """Run the remaining steps; returns the masked model (masks not yet folded in)."""

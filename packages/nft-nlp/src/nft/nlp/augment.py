@@ -127,6 +127,8 @@ class AdversarialToken:
     trigger's, and the masks learn to ignore it. ``δ`` starts as a random row of the model's
     token-embedding table and is kept within the table's largest row norm, so it stays the size
     of a real word. It is made anew each time the hooks are installed (one per purification).
+    NFT's loop calls :meth:`ascend` right after each backward pass, as it does for the image
+    pattern, with the gradient averaged over ranks first.
     """
 
     def __init__(self, prob: float = 0.5, step: float = 0.2, count: int = 1) -> None:
@@ -136,6 +138,8 @@ class AdversarialToken:
         self.prob, self.step, self.count = float(prob), float(step), int(count)
         self.delta: torch.Tensor | None = None
         self.radius = 0.0
+        self.enabled = True
+        """Whether the next batches carry the token (NFT's loop clears it after ``adv_stop``)."""
 
     def reset(self, table: nn.Embedding, generator: torch.Generator) -> None:
         weight = table.weight.detach()
@@ -256,8 +260,7 @@ class EmbeddingMixUp:
             if key in mixed and isinstance(mixed[key], torch.Tensor):
                 mixed[key] = torch.maximum(mixed[key], mixed[key][order.to(mixed[key].device)])
         token_at = None
-        if self.adversary is not None:
-            self.adversary.ascend()  # the previous step's gradient, left on δ by its backward pass
+        if self.adversary is not None and self.adversary.enabled:
             mask = mixed.get("attention_mask")
             if mask is None:
                 mask = torch.ones_like(inputs["input_ids"])
