@@ -11,6 +11,11 @@ copies can work on different attacks at once (``--attacks``). ``--table-only`` p
 from the runs that exist.
 
     python scripts/detection_table.py --runs runs/detection            # SSDLite, every attack
+    python scripts/detection_table.py --runs runs/detection --nft-lr 0.2 --mask-conv --tag nft-conv
+
+The defaults are the recipe of the SSDLite table in docs/detection.md: 3,000 training canvases,
+a clean detector trained 20 epochs, each backdoored detector fine-tuned from it for 15 epochs at
+a 30 % poison rate (with 5 epochs at 15 % no backdoor took hold), NFT 150 steps of 16 images.
     python scripts/detection_table.py --runs runs/detection --models mmdet --attacks baddet-gma
 """
 
@@ -174,18 +179,18 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default="runs/detection", help="folder for the run folders")
     parser.add_argument("--models", nargs="+", default=["ssdlite"], choices=sorted(MODEL_NAMES))
     parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
-    parser.add_argument("--pretrain-epochs", type=int, default=15, help="clean detector's epochs")
+    parser.add_argument("--pretrain-epochs", type=int, default=20, help="clean detector's epochs")
     parser.add_argument("--lr", type=float, default=0.05, help="clean detector's peak rate")
-    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs on the poisoned set")
+    parser.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs on the poisoned set")
     parser.add_argument("--ft-lr", type=float, default=0.02, help="fine-tuning peak rate")
     parser.add_argument("--size", type=int, default=None,
                         help="detector input size (canvases are 64 px; the detector resizes)")
-    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--train-limit", type=int, default=3000)
     parser.add_argument("--test-limit", type=int, default=None)
-    parser.add_argument("--poison-rate", type=float, default=0.15)
+    parser.add_argument("--poison-rate", type=float, default=0.3)
     parser.add_argument("--mmdet-lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=300, help="NFT optimiser steps")
+    parser.add_argument("--steps", type=int, default=150, help="NFT optimiser steps")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nft-batch", type=int, default=16)
     parser.add_argument("--nft-lr", type=float, default=0.05)
