@@ -50,6 +50,10 @@ def test_backdoor_takes_hold_and_nft_removes_it():
                     collate_fn=detection_collate)
     after = evaluate_detection(result.model, test, triggered, attack)
     assert type(result.model) is type(model) and result.masks
+    # the collapse check scored the detector on the clean set (objects found) and saw no collapse
+    record = result.info["clean_set"]
+    assert 0.3 <= record["before"] <= 1 and record["after"] >= record["before"] - 0.2, record
+    assert not result.info.get("retries")
     assert after["asr"] <= 0.2, (before, after)
     assert after["map"] >= before["map"] - 0.05, (before, after)
 

@@ -148,3 +148,56 @@ def test_bad_targets_are_named():
         detection_loss(model, images, [{"boxes": torch.tensor([[5.0, 1, 5, 9]]), "labels": torch.tensor([1])}])
     with pytest.raises(DataError, match="list of 1"):
         detection_loss(model, images, [])
+
+
+def _prediction(boxes, labels, scores):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+            "scores": torch.tensor(scores)}
+
+
+def test_score_counts_objects_found_by_a_confident_detection_of_their_class():
+    targets = toy_targets()  # image 0: class 3 and class 7; image 1: class 5
+    predictions = [
+        _prediction([[4, 6, 26, 30],      # finds the class-3 box
+                     [5, 6, 26, 30],      # a duplicate of it: finds nothing more
+                     [34, 30, 60, 58]],   # right place, wrong class (4, not 7)
+                    [3, 3, 4], [0.9, 0.8, 0.95]),
+        _prediction([[10, 10, 40, 44]], [5], [0.2]),  # right box and class, under the threshold
+    ]
+    assert DetectionTask().score(predictions, targets) == (1, 3)
+    assert DetectionTask(score_thresh=0.1).score(predictions, targets) == (2, 3)
+    shifted = [_prediction([[4, 20, 26, 44]], [3], [0.9]), _prediction([], [], [])]  # IoU 0.27
+    shifted[1]["boxes"] = shifted[1]["boxes"].reshape(0, 4)
+    assert DetectionTask().score(shifted, targets) == (0, 3)
+    assert DetectionTask(iou_thresh=0.25).score(shifted, targets) == (1, 3)
+    with pytest.raises(ConfigError, match="score_thresh"):
+        DetectionTask(score_thresh=1.0)
+
+
+class _FixedDetector(torch.nn.Module):
+    """Answers every image with the same boxes (a stand-in for a trained or a wrecked detector)."""
+
+    def __init__(self, boxes, labels):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.answer = _prediction(boxes, labels, [0.9] * len(labels))
+        if not labels:
+            self.answer["boxes"] = self.answer["boxes"].reshape(0, 4)
+
+    def forward(self, images, targets=None):
+        return [dict(self.answer) for _ in images]
+
+
+def test_purify_collapse_check_scores_detectors_by_recall_on_the_clean_set():
+    from nft.core.guard import clean_set_score, collapsed
+    from nft.detection import detection_collate
+
+    targets = toy_targets()
+    clean = [(image, target) for image, target in zip(_images(2), targets)] * 3
+    good = _FixedDetector([[4, 6, 26, 30], [34, 30, 60, 58], [10, 10, 40, 44]], [3, 7, 5])
+    wrecked = _FixedDetector([], [])
+    before = clean_set_score(good, clean, DetectionTask(), collate_fn=detection_collate)
+    after = clean_set_score(wrecked, clean, DetectionTask(), collate_fn=detection_collate)
+    # image 0's boxes are all found on image 0; on image 1 only the class-5 box is there to find
+    assert before == pytest.approx(1.0) and after == 0.0
+    assert collapsed(before, after)

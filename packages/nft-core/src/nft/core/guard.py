@@ -8,8 +8,8 @@ with :class:`PurificationWarning` when the score fell by more than ``max_drop``.
 is used, so the check is available to every defender.
 
 A task takes part by defining ``score(outputs, targets) -> (correct, total)`` (classification:
-labels; segmentation: labelled pixels). Tasks without it (detection, generation) are not
-checked.
+labels; segmentation: labelled pixels; detection: objects found by a confident detection of
+their class). Tasks without it (generation) are not checked.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from torch import nn
 
 from nft.core import ConfigError, DataError, MaskedModel
 
-__all__ = ["DeferredCall", "DetectionTask", "detection_collate", "detection_loss", "unwrap"]
+__all__ = ["DeferredCall", "DetectionTask", "detection_collate", "detection_loss", "matched_objects", "unwrap"]
 
 _EXTRA_KEYS = ("weights", "mix_source")
 
@@ -201,10 +201,47 @@ def detection_loss(model: nn.Module, images: list[torch.Tensor], targets: list[d
     return total
 
 
+def matched_objects(prediction: dict, target: dict, *, score_thresh: float, iou_thresh: float) -> int:
+    """How many of ``target``'s boxes a confident detection of the same class finds: detections
+    with score ≥ ``score_thresh``, highest score first, each matched to at most one unmatched box
+    of its label at IoU ≥ ``iou_thresh`` (the VOC matching rule)."""
+    from torchvision.ops import box_iou
+
+    boxes, labels = target["boxes"], target["labels"]
+    keep = prediction["scores"] >= score_thresh
+    if not len(boxes) or not bool(keep.any()):
+        return 0
+    order = prediction["scores"][keep].argsort(descending=True)
+    found_boxes = prediction["boxes"][keep][order].to(boxes)
+    found_labels = prediction["labels"][keep][order].to(labels.device)
+    iou = box_iou(found_boxes, boxes)
+    iou[found_labels[:, None] != labels[None, :]] = 0  # a detection only finds its own class
+    free = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    for row in iou:
+        row = torch.where(free, row, torch.zeros_like(row))
+        best = int(row.argmax())
+        if row[best] >= iou_thresh:
+            free[best] = False
+    return int((~free).sum())
+
+
 class DetectionTask:
-    """Detectors as the core sees them: loss dicts summed, predictions as box dicts."""
+    """Detectors as the core sees them: loss dicts summed, predictions as box dicts.
+
+    ``score`` makes detectors part of ``purify()``'s collapse check: the share of the clean
+    set's objects found by a detection of their class at score ≥ ``score_thresh`` and IoU ≥ 0.5
+    (recall of confident detections, a count that adds up over batches, unlike mAP). A detector
+    whose masks were driven too far finds few objects at any threshold, and NFT then reruns at
+    half the learning rate as it does for classifiers.
+    """
 
     name = "detection"
+
+    def __init__(self, score_thresh: float = 0.3, iou_thresh: float = 0.5) -> None:
+        if not 0 <= score_thresh < 1 or not 0 < iou_thresh <= 1:
+            raise ConfigError(f"DetectionTask needs score_thresh in [0, 1) and iou_thresh in (0, 1], "
+                              f"got {score_thresh} and {iou_thresh}")
+        self.score_thresh, self.iou_thresh = float(score_thresh), float(iou_thresh)
 
     def forward(self, model: nn.Module, inputs: Any) -> Any:
         images = _as_images(inputs)
@@ -222,6 +259,14 @@ class DetectionTask:
         if isinstance(outputs, DeferredCall):
             raise ConfigError("predictions need the model in eval mode; call model.eval() first")
         return outputs
+
+    def score(self, outputs: Any, targets: Any) -> tuple[int, int]:
+        """Objects found by a confident detection of their class, and objects (see the class)."""
+        predictions = self.predict(outputs)
+        targets = _check_targets(targets, len(predictions))
+        found = sum(matched_objects(p, t, score_thresh=self.score_thresh, iou_thresh=self.iou_thresh)
+                    for p, t in zip(predictions, targets))
+        return found, sum(len(t["boxes"]) for t in targets)
 
     def __repr__(self) -> str:
         return "DetectionTask()"
