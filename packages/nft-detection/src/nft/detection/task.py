@@ -269,4 +269,4 @@ class DetectionTask:
         return found, sum(len(t["boxes"]) for t in targets)
 
     def __repr__(self) -> str:
-        return "DetectionTask()"
+        return f"DetectionTask(score_thresh={self.score_thresh}, iou_thresh={self.iou_thresh})"
