@@ -12,11 +12,11 @@ from the runs that exist.
 
     python scripts/detection_table.py --runs runs/detection            # SSDLite, every attack
     python scripts/detection_table.py --runs runs/detection --nft-lr 0.2 --mask-conv --tag nft-conv
+    python scripts/detection_table.py --runs runs/detection --models mmdet --attacks baddet-gma
 
 The defaults are the recipe of the SSDLite table in docs/detection.md: 3,000 training canvases,
 a clean detector trained 20 epochs, each backdoored detector fine-tuned from it for 15 epochs at
 a 30 % poison rate (with 5 epochs at 15 % no backdoor took hold), NFT 150 steps of 16 images.
-    python scripts/detection_table.py --runs runs/detection --models mmdet --attacks baddet-gma
 """
 
 from __future__ import annotations
