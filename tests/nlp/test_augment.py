@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from nft.core import ConfigError, PurifyConfig, purify
+from nft.core.objective import CleanViewDistillation
+from nft.core.purify import Purifier
 from nft.core.testing import AugmentationContract
 from nft.nlp.augment import (
     MIX_KEY,
@@ -241,6 +245,50 @@ def test_nft_adv_on_text_moves_the_token_after_each_backward_pass_until_adv_stop
     assert placed == [4, 4]
     assert ascents == [True, True, False, False]
     assert hook_count(result.model) == hook_count(model)
+
+
+def test_the_clean_view_is_the_same_mixture_without_the_token_and_feeds_the_distillation(monkeypatch):
+    """NFT's distillation shows the original model the clean view of each batch: for text, the
+    same λ and π with no adversarial token. The teacher (outside the student's hooks) gets exactly
+    the plain mixture's output, which differs from what the student gets with the token."""
+    torch.manual_seed(0)
+    model = build_classifier("bert", VOCAB, 3, SIZE).eval()
+    teacher = copy.deepcopy(model)
+    inputs, targets = _classification_batch()
+    task = TextClassificationTask()
+    plain = _mix(inputs, targets, seed=4)
+    assert plain.clean_inputs is plain.inputs  # no token: the mixture is its own clean view
+    augmentation = EmbeddingMixUp(1.0).with_adversary(prob=1.0, step=0.2)
+    with augmentation.hooks(model):
+        mixed = augmentation(inputs, targets, rng=np.random.default_rng(4),
+                             generator=torch.Generator().manual_seed(4))
+        with_token = task.forward(model, mixed.inputs)
+    clean_spec = mixed.clean_inputs[MIX_KEY]
+    assert clean_spec.token_at is None and mixed.inputs[MIX_KEY].token_at is not None
+    assert clean_spec == plain.inputs[MIX_KEY]  # same λ and π as the mixture without a token
+    teacher_out = task.forward(teacher, mixed.clean_inputs)
+    assert torch.allclose(teacher_out, task.forward(teacher, plain.inputs), rtol=0, atol=1e-7)
+    # (an untrained model's logits are about 0.01, so the token's effect is small but real)
+    assert (teacher_out - with_token).abs().max() > 1e-5
+    assert hook_count(teacher) == 0
+
+    # in a purification the term stays on (it used to be dropped for want of a clean view)
+    g = torch.Generator().manual_seed(5)
+    clean = [(torch.randint(4, VOCAB, (6,), generator=g), i % 3) for i in range(12)]
+    config = PurifyConfig.preset("nft-adv", steps=2, rounds=1, batch_size=4, progress=False,
+                                 distill_weight=1.0, adv_prob=1.0)
+    purifier = Purifier(build_classifier("bert", VOCAB, 3, SIZE), clean, config, task=task,
+                        augmentation=EmbeddingMixUp(), collate_fn=ClassificationCollate(0))
+    calls = []
+    original = CleanViewDistillation.__call__
+
+    def counting(self, student_logits, teacher_inputs):
+        calls.append(teacher_inputs[MIX_KEY].token_at)
+        return original(self, student_logits, teacher_inputs)
+
+    monkeypatch.setattr(CleanViewDistillation, "__call__", counting)
+    purifier.run()
+    assert calls == [None, None] and purifier.distillation is not None
 
 
 def test_texts_too_short_for_an_inner_word_get_no_token_and_bad_settings_are_refused():

@@ -32,9 +32,10 @@ class Mixed:
     inputs: Any
     targets: tuple[tuple[Any, float], ...]
     clean_inputs: Any = None
-    """The same batch in input space before any trigger-like pattern was added (for plain
-    mixing, ``inputs`` itself): what NFT's distillation term shows the original model, which is
-    never asked about a pattern. ``None`` when there is no such view (mixing inside the model)."""
+    """The same batch before any trigger-like pattern was added (for plain mixing, ``inputs``
+    itself; for text mixed inside the model, the same mixture without the adversarial token):
+    what NFT's distillation term shows the original model, which is never asked about a pattern.
+    ``None`` when there is no such view (detection batches)."""
 
 
 @runtime_checkable

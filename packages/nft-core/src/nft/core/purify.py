@@ -263,9 +263,9 @@ _REFERENCE = PurifyConfig(steps=1000, lr=0.05, lr_min=0.02, norm_stats="update",
 WITHOUT_DISTILLATION: dict[str, float] = {"distill_weight": 0.0, "lr": 0.05, "lr_min": 0.02}
 """``nft`` without the distillation term: no teacher copy is made, and the reference code's mask
 learning rates, which the shipped 0.1 → 0.05 replaced only together with the distillation term.
-For modalities whose augmentation gives no input-space clean view (text embeddings, detection
-batches) or where the term was measured to hurt (point sets: it kept every backdoor,
-``docs/pointcloud.md``). Such modalities put these in their ``nft_overrides``; their results
+For modalities whose augmentation gives no clean view (detection batches) or where the term
+was measured to hurt or not help (point sets: it kept every backdoor, ``docs/pointcloud.md``;
+text: it held the BadNL backdoor, ``docs/nlp.md``). Such modalities put these in their ``nft_overrides``; their results
 were measured with them."""
 
 PRESETS: dict[str, PurifyConfig] = {
@@ -413,8 +413,8 @@ class Purifier:
 
     def _distill(self, outputs: torch.Tensor, mixed: Mixed) -> torch.Tensor | None:
         if mixed.clean_inputs is None:
-            # the augmentation mixes inside the model (text embeddings) or is a modality's own:
-            # there is no input-space clean view to show the teacher, so the term is dropped
+            # the augmentation is a modality's own that gives no clean view (detection): there
+            # is nothing pattern-free to show the teacher, so the term is dropped
             log.info("%r gives no clean view of its batches; NFT trains without distillation",
                      self.augmentation)
             self.distillation = None

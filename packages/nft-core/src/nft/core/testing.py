@@ -242,7 +242,7 @@ class AugmentationContract:
         """``clean_inputs``, when given, is the same batch in input space without patterns."""
         mixed = self._mix(2)
         if mixed.clean_inputs is None:
-            return  # mixing inside the model: NFT then trains without its distillation term
+            return  # no clean view (detection batches): NFT then trains without its distillation term
         if isinstance(mixed.inputs, torch.Tensor):
             assert isinstance(mixed.clean_inputs, torch.Tensor)
             assert mixed.clean_inputs.shape == mixed.inputs.shape

@@ -265,8 +265,12 @@ class EmbeddingMixUp:
             if mask is None:
                 mask = torch.ones_like(inputs["input_ids"])
             token_at = self.adversary.positions(mask, generator)
-        mixed[MIX_KEY] = MixSpec(lam, order.to(inputs["input_ids"].device), token_at)
-        return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)))
+        order = order.to(inputs["input_ids"].device)
+        mixed[MIX_KEY] = MixSpec(lam, order, token_at)
+        # the clean view NFT's distillation shows the original model: the same mixture without
+        # the adversarial token (no token placed: the batch itself)
+        clean = mixed if token_at is None else {**mixed, MIX_KEY: MixSpec(lam, order)}
+        return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)), clean_inputs=clean)
 
     def with_adversary(self, *, prob: float, step: float, count: int = 1) -> EmbeddingMixUp:
         """The same mixing with an :class:`AdversarialToken` (NFT's ``adv_prob`` / ``adv_step``

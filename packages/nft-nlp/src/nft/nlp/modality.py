@@ -364,7 +364,7 @@ class NLPModality(Modality):
             evaluate=self._evaluator(spec, info, attack, tokenizer, test),
             augmentation=EmbeddingMixUp(), mask_config=MaskConfig(), input_space=None,
             collate_fn=collate, primary_metric=primary, spec=spec.to_dict(),
-            nft_overrides=dict(WITHOUT_DISTILLATION),  # mixing inside the model: no distillation
+            nft_overrides=dict(WITHOUT_DISTILLATION),  # the term held BadNL's backdoor (docs/nlp.md)
         )
 
 
