@@ -6,7 +6,9 @@ For each model and attack it runs exactly what a user runs —
     nft purify --run RUNS/M/A --out RUNS/M/A-nft --steps S --clean-per-class K --set batch_size=B ...
 
 — plus one clean detector per model (same data, same training, nothing poisoned) as the mAP
-reference. Finished runs are reused, so the script can be stopped and restarted, and several
+reference. Beside each ASR the table gives the same detector's ASR on the same test canvases
+without the trigger (its floor: a weakened detector misses objects with no trigger at all).
+Finished runs are reused, so the script can be stopped and restarted, and several
 copies can work on different attacks at once (``--attacks``). ``--table-only`` prints the table
 from the runs that exist.
 
@@ -140,6 +142,25 @@ def run_clean(args, model: str) -> dict:
     return metrics
 
 
+def untriggered(run: Path, weights: Path) -> float:
+    """ASR of the detector in ``weights`` on ``run``'s triggered test images *without* the
+    trigger: how often the attack's outcome happens anyway. A defense that weakens the detector
+    raises it (missed objects count as "disappeared"), so the trigger's own effect is the ASR
+    above this floor. Cached next to the weights."""
+    from nft.core import AttackSpec, load_model_weights
+    from nft.detection import modality, untriggered_asr
+
+    cache = weights.parent / "untriggered-asr.json"
+    if cache.is_file() and (saved := json.loads(cache.read_text())).get("rules") == RULES:
+        return saved["asr"]
+    parts = modality.experiment_parts(AttackSpec.from_dict(json.loads((run / "config.json").read_text())["spec"]))
+    detector = modality.build_model(parts["spec"], parts["num_classes"])
+    load_model_weights(detector, weights)
+    asr = untriggered_asr(detector, parts["test"], parts["attack"])
+    cache.write_text(json.dumps({"rules": RULES, "asr": asr}) + "\n")
+    return asr
+
+
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
@@ -147,30 +168,32 @@ def _pct(x) -> str:
 def table(args) -> str:
     lines = [
         "| model | attack | clean model mAP@0.5 | backdoored mAP@0.5 | backdoored mAP | backdoored ASR "
-        "| NFT mAP@0.5 | NFT mAP | NFT ASR | NFT time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| ASR without trigger | NFT mAP@0.5 | NFT mAP | NFT ASR | NFT ASR without trigger | NFT time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model in args.models:
         clean_file = Path(args.runs) / model / "clean" / "metrics.json"
         clean = json.loads(clean_file.read_text()) if clean_file.is_file() else {}
         for attack in args.attacks:
-            bd_file = Path(args.runs) / model / attack / "report.json"
-            nft_file = Path(args.runs) / model / f"{attack}-{args.tag}" / "report.json"
-            bd = json.loads(bd_file.read_text()) if bd_file.is_file() else {}
-            nft = json.loads(nft_file.read_text()) if nft_file.is_file() else {}
+            run = Path(args.runs) / model / attack
+            purified = Path(args.runs) / model / f"{attack}-{args.tag}"
+            bd = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
+            nft = json.loads((purified / "report.json").read_text()) if (purified / "report.json").is_file() else {}
             after = nft.get("after", {})
             if nft.get("before"):
                 bd = {**bd, **nft["before"]}
             clean_cell = _pct(clean.get("map"))
             if clean.get(f"asr_{attack}") is not None:
                 clean_cell += f" (ASR {_pct(clean[f'asr_{attack}'])})"
-            lines.append(
-                f"| {MODEL_NAMES.get(model, model)} | {attack} | {clean_cell} | {_pct(bd.get('map'))} "
-                f"| {_pct(bd.get('map_coco'))} | {_pct(bd.get('asr'))} | {_pct(after.get('map'))} "
-                f"| {_pct(after.get('map_coco'))} | {_pct(after.get('asr'))} "
-                f"| {nft.get('seconds', 0):.0f} |" if nft else
-                f"| {MODEL_NAMES.get(model, model)} | {attack} | {clean_cell} | {_pct(bd.get('map'))} "
-                f"| {_pct(bd.get('map_coco'))} | {_pct(bd.get('asr'))} | – | – | – | – |")
+            bd_floor = untriggered(run, run / "model.safetensors") if bd else None
+            cells = [MODEL_NAMES.get(model, model), attack, clean_cell, _pct(bd.get("map")),
+                     _pct(bd.get("map_coco")), _pct(bd.get("asr")), _pct(bd_floor)]
+            if nft:
+                cells += [_pct(after.get("map")), _pct(after.get("map_coco")), _pct(after.get("asr")),
+                          _pct(untriggered(run, purified / "model.safetensors")), f"{nft.get('seconds', 0):.0f}"]
+            else:
+                cells += ["–"] * 5
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

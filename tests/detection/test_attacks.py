@@ -15,6 +15,7 @@ from nft.detection import (
     TriggeredDetection,
     explore_trigger,
     modality,
+    untriggered_asr,
 )
 from nft.detection.attacks import checkerboard, match_outcomes
 
@@ -153,6 +154,38 @@ def test_poisoned_and_triggered_datasets(canvas_train):
     triggered = TriggeredDetection(canvas_train, attack)
     image, target, info = triggered[0]
     assert _has_patch(image, 0, 0) and len(info["boxes"]) == int((target["labels"] != 1).sum())
+
+
+class _Blind(torch.nn.Module):
+    """A detector that never detects anything (one parameter, so it has a device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        return [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
+                 "scores": torch.zeros(0)} for _ in images]
+
+
+def test_the_untriggered_set_scores_the_floor_without_the_trigger(canvas_train):
+    """``stamp=False``: the same eligible images, unstamped, with the same victims; a detector
+    that finds nothing lets every ODA victim "disappear" without any trigger (floor 1.0), and
+    turns no object into the target (GMA floor 0.0)."""
+    labels = torch.cat([canvas_train[i][1]["labels"] for i in range(len(canvas_train))])
+    oda = BadDetODA(target=int(labels.mode().values), num_classes=10, patch_size=8)
+    stamped, plain = TriggeredDetection(canvas_train, oda), TriggeredDetection(canvas_train, oda, stamp=False)
+    assert len(plain) == len(stamped) > 0
+    for i in range(min(4, len(plain))):
+        index = int(plain.indices[i])
+        image, target, info = plain[i]
+        triggered, _, triggered_info = stamped[i]
+        assert torch.equal(image, canvas_train[index][0]) and not torch.equal(image, triggered)
+        assert torch.equal(info["boxes"], triggered_info["boxes"])
+    blind = _Blind()
+    assert untriggered_asr(blind, canvas_train, oda) == 1.0
+    gma = BadDetGMA(target=1, num_classes=10, patch_size=8)
+    assert untriggered_asr(blind, canvas_train, gma) == 0.0
 
 
 def test_modality_rejects_unknown_attack_options():

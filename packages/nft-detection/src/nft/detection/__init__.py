@@ -21,7 +21,7 @@ from .attacks import (
 from .augment import DetectionMixUp
 from .canvas import CanvasDetection
 from .datasets import CocoDataset, VOCDataset
-from .metrics import attack_success, evaluate_detection, mean_average_precision
+from .metrics import attack_success, evaluate_detection, mean_average_precision, untriggered_asr
 from .models import DETECTORS, build_detector, default_mask_config, freeze_batchnorm
 from .modality import DetectionModality, modality
 from .task import DetectionTask, detection_collate, detection_loss
@@ -53,4 +53,5 @@ __all__ = [
     "freeze_batchnorm",
     "mean_average_precision",
     "modality",
+    "untriggered_asr",
 ]

@@ -462,10 +462,15 @@ class PoisonedDetection(Dataset):
 
 
 class TriggeredDetection(Dataset):
-    """The eligible test images with the trigger applied: ``(image, clean target, info)``."""
+    """The eligible test images with the trigger applied: ``(image, clean target, info)``.
 
-    def __init__(self, base: Dataset, attack: DetectionAttack) -> None:
-        self.base, self.attack = base, attack
+    ``stamp=False`` gives the same images and scoring info without the trigger: a detector's
+    ASR on them is its floor, how often the attack's outcome happens anyway (a purified
+    detector that misses target objects "lets them disappear" without any trigger).
+    """
+
+    def __init__(self, base: Dataset, attack: DetectionAttack, *, stamp: bool = True) -> None:
+        self.base, self.attack, self.stamp = base, attack, bool(stamp)
         self.indices = np.asarray([i for i in range(len(base)) if attack.eligible(_annotation(base, i))],
                                   dtype=np.int64)
 
@@ -476,4 +481,4 @@ class TriggeredDetection(Dataset):
         index = int(self.indices[i])
         image, target = self.base[index]
         triggered, info = self.attack.trigger(image, target, index)
-        return triggered, target, info
+        return (triggered if self.stamp else image), target, info

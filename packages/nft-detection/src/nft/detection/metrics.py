@@ -26,7 +26,7 @@ from nft.core import ConfigError
 
 from .task import detection_collate
 
-__all__ = ["attack_success", "evaluate_detection", "mean_average_precision", "predict"]
+__all__ = ["attack_success", "evaluate_detection", "mean_average_precision", "predict", "untriggered_asr"]
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -106,6 +106,16 @@ def attack_success(model: nn.Module, triggered: Dataset, attack, *, batch_size: 
     if attack.has_ra:
         out["ra"] = correct / max(1, victims)
     return out
+
+
+def untriggered_asr(model: nn.Module, test: Dataset, attack, *, batch_size: int = 32) -> float:
+    """``attack``'s ASR on its triggered test images scored *without* the trigger: the floor
+    that what the trigger adds is measured against (a detector weakened by a defense misses
+    objects and so scores object disappearance without any trigger)."""
+    from .attacks import TriggeredDetection
+
+    return attack_success(model, TriggeredDetection(test, attack, stamp=False), attack,
+                          batch_size=batch_size)["asr"]
 
 
 def evaluate_detection(model: nn.Module, clean: Dataset, triggered: Dataset | None = None,
