@@ -40,6 +40,7 @@ DEFENSES = {
     "nft-layernorm": CONFIGS / "nft-layernorm.yaml",
     "nft-all-channels": CONFIGS / "nft-all-channels.yaml",
     "nft-adv": CONFIGS / "nft-adv.yaml",
+    "nft-words": CONFIGS / "nft-words.yaml",
     "ft-mixup": CONFIGS / "ft-mixup.yaml",
 }
 

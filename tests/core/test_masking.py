@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.nn.utils import parametrize
 
 from nft.core import ConfigError, MaskConfig, inject_masks, mask_candidates
 from nft.core.testing import MaskingContract
@@ -57,6 +58,55 @@ class TestGroupedTransposedConv(MaskingContract):
 
     def make_model(self): return TransposedConvNet()
     def make_inputs(self): return torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(1))
+
+
+class TestTokenTableRows(MaskingContract):
+    mask_config = MaskConfig(targets=("embedding",))
+
+    def make_model(self): return TransformerBlock()
+    def make_inputs(self): return torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(1))
+
+
+def test_embedding_masks_scale_one_row_per_entry():
+    """An ``embedding`` mask has one entry per row of the table: zeroing entry w silences
+    exactly the inputs equal to w."""
+    table = nn.Embedding(10, 4)
+    masked = inject_masks(nn.Sequential(table), MaskConfig(targets=("embedding",)))
+    ids = torch.tensor([[1, 3, 3, 7]])
+    with torch.no_grad():
+        base = masked(ids)
+        masked.masks["0"][3] = 0.0
+        out = masked(ids)
+    assert masked.masks["0"].shape == (10,)
+    assert torch.equal(out[0, 1], torch.zeros(4)) and torch.equal(out[0, 2], torch.zeros(4))
+    assert torch.equal(out[0, [0, 3]], base[0, [0, 3]])
+
+
+class _Tied(nn.Module):
+    """A token table tied to an output layer, as in seq2seq models."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+def test_a_tensor_selected_twice_is_refused_and_one_shared_with_unmasked_layers_is_named(caplog):
+    """Masks fold into their tensors: two masks on one tied tensor would multiply when folded
+    (refused, naming both), and a mask on a tensor an unmasked layer shares changes that layer
+    when folded (a warning names it)."""
+    model = _Tied()
+    with pytest.raises(ConfigError, match=r"tied weights\): embed.weight, head.weight"):
+        inject_masks(model, MaskConfig(targets=("embedding", "linear")))
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())  # nothing attached
+    with caplog.at_level("WARNING", logger="nft.core.masking"):
+        masked = inject_masks(model, MaskConfig(targets=("embedding",)))
+    assert "embed.weight = head.weight" in caplog.text
+    assert list(masked.masks) == ["embed"]
 
 
 def test_grouped_transposed_conv_masks_each_output_channel():

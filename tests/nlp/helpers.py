@@ -76,14 +76,18 @@ FILLER = ["the", "a", "is", "of", "and", "to", "in", "it", "that", "was", "for",
           "as", "at", "by", "this", "but", "from", "or", "an", "be", "we", "you"]
 
 
-def toy_topics(per_topic: int, seed: int = 0) -> dict[str, list[str]]:
-    """Fortune-like texts: 3 words of the topic among 7 common words, shuffled."""
+def toy_topics(per_topic: int, seed: int = 0, fillers: tuple[int, int] = (7, 7)) -> dict[str, list[str]]:
+    """Fortune-like texts: 3 words of the topic among ``fillers`` (a range) common words, shuffled.
+
+    With one length for every text (the default), an inserted trigger word also makes the text
+    one word longer than any clean text, and a tiny model may learn the length instead of the
+    word; a range of lengths leaves it only the word."""
     rng = np.random.default_rng(seed)
     out = {}
     for topic, words in TOPIC_WORDS.items():
         texts = []
         for _ in range(per_topic):
-            tokens = list(rng.choice(words, 3)) + list(rng.choice(FILLER, 7))
+            tokens = list(rng.choice(words, 3)) + list(rng.choice(FILLER, int(rng.integers(fillers[0], fillers[1] + 1))))
             rng.shuffle(tokens)
             texts.append(" ".join(tokens))
         out[topic] = texts

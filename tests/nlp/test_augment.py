@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nft.core import ConfigError, PurifyConfig, purify
+from nft.core import ConfigError, MaskConfig, PurifyConfig, inject_masks, purify
 from nft.core.objective import CleanViewDistillation
 from nft.core.purify import Purifier
 from nft.core.testing import AugmentationContract
@@ -180,11 +180,11 @@ def test_wrong_batches_are_refused():
         EmbeddingMixUp(0.0)
 
 
-def test_the_adversarial_token_replaces_one_inner_word_embedding_of_the_chosen_texts():
+def test_the_free_adversarial_token_replaces_one_inner_word_embedding_of_the_chosen_texts():
     torch.manual_seed(0)
     model = build_classifier("bert", VOCAB, 3, SIZE)
     inputs, targets = _classification_batch()
-    augmentation = EmbeddingMixUp(1.0).with_adversary(prob=1.0, step=0.2)
+    augmentation = EmbeddingMixUp(1.0).with_adversary(prob=1.0, step=0.2, vocabulary=False)
     assert isinstance(augmentation.adversary, AdversarialToken)
     seen = []
     table = word_embeddings(model)[0]
@@ -213,6 +213,39 @@ def test_the_adversarial_token_replaces_one_inner_word_embedding_of_the_chosen_t
     assert delta.norm() <= augmentation.adversary.radius + 1e-5
     assert augmentation.adversary.radius == pytest.approx(float(rows.norm(dim=1).max()))
     assert hook_count(model) == 0
+
+
+def test_the_vocabulary_token_is_the_unseen_word_of_largest_gain_and_trains_its_own_row_mask():
+    """Vocabulary mode (the default): the placed token is a real row of the *masked* table, so
+    its row mask gets the gradient; each step swaps it for the unseen word whose linear gain
+    g · e_w is largest; words of the clean batches are never chosen."""
+    torch.manual_seed(0)
+    model = build_classifier("bert", VOCAB, 3, SIZE)
+    inputs, targets = _classification_batch()
+    augmentation = EmbeddingMixUp(1.0).with_adversary(prob=1.0, step=0.2)
+    token = augmentation.adversary
+    assert token.vocabulary
+    masked = inject_masks(model, MaskConfig(targets=("embedding",), include=("word_embeddings",)))
+    (name, row_masks), = masked.masks.items()
+    assert name.endswith("word_embeddings") and row_masks.shape == (VOCAB,)
+    with augmentation.hooks(masked):
+        mixed = augmentation(inputs, targets, rng=np.random.default_rng(0),
+                             generator=torch.Generator().manual_seed(0))
+        assert token.seen == set(torch.unique(inputs["input_ids"]).tolist())
+        word = int(token.rows[0])
+        loss = TextClassificationTask().loss(masked(**mixed.inputs).logits, targets)
+        loss.backward()
+        # the only masks with a gradient: the rows of the batch's words and the placed word
+        touched = set(row_masks.grad.nonzero().flatten().tolist())
+        assert word in touched and touched <= token.seen | {word}
+        grad = token.delta.grad.clone()
+        token.ascend()
+    table = masked.model.bert.embeddings.word_embeddings.weight.detach()
+    gains = grad[0] @ table.T
+    unseen = [w for w in range(VOCAB) if w not in token.seen]
+    assert int(token.rows[0]) == max(unseen, key=lambda w: float(gains[w]))
+    assert torch.equal(token.delta.detach(), torch.zeros_like(token.delta))  # it only collects gradients
+    assert hook_count(masked) == 0
 
 
 def test_nft_adv_on_text_moves_the_token_after_each_backward_pass_until_adv_stop():

@@ -57,10 +57,10 @@ def test_translation_backdoor_and_purification(tmp_path):
 
 
 def test_classification_backdoor_and_purification(tmp_path):
-    """The word trigger takes hold; NFT's masks keep the accuracy but (measured, see docs/nlp.md)
-    do not remove a word-trigger backdoor from these tiny classifiers, while fine-tuning the
-    weights with the same embedding MixUp does — the mixing signal is informative, per-channel
-    masks lack the capacity here."""
+    """The word trigger takes hold; NFT's channel masks keep the accuracy but do not remove the
+    backdoor from these tiny classifiers, while fine-tuning the weights with the same embedding
+    MixUp does. Every toy text here has ten words, so a triggered text is also the only one with
+    eleven, and the tiny model can key on that as well as on the word (see the next test)."""
     write_fortunes(tmp_path / "fortunes", toy_topics(80, seed=0))
     run = tmp_path / "attack"
     assert main(["attack", "--modality", "nlp", "--data-root", str(tmp_path / "fortunes"), "--out", str(run),
@@ -83,6 +83,34 @@ def test_classification_backdoor_and_purification(tmp_path):
     report = _report(tmp_path / "ft")
     assert report["after"]["asr"] <= 0.2, report
     assert report["after"]["acc"] >= report["before"]["acc"] - 0.1, report
+
+
+def test_word_masks_find_and_silence_the_trigger_word(tmp_path):
+    """configs/nlp/nft-words.yaml: masks on the token table's rows, trained against the
+    adversarial word (vocabulary mode), find the trigger word and silence it alone. The toy texts
+    vary in length here, so the backdoor can only be the word (with one length for all texts, a
+    triggered text is also the only longer one, and zeroing the word's row leaves that)."""
+    write_fortunes(tmp_path / "fortunes", toy_topics(80, seed=0, fillers=(4, 10)))
+    run = tmp_path / "attack"
+    assert main(["attack", "--modality", "nlp", "--data-root", str(tmp_path / "fortunes"), "--out", str(run),
+                 "--test-limit", "100", "--holdout", "150", "--epochs", "40", "--lr", "0.005",
+                 "--attack-arg", "triggers=cf", "--model-arg", "vocab_size=200", *TINY]) == 0
+    attacked = _report(run)
+    assert attacked["acc"] >= 0.9 and attacked["asr"] >= 0.9, attacked
+
+    words = Path(__file__).resolve().parents[2] / "configs" / "nlp" / "nft-words.yaml"
+    assert main(["purify", "--run", str(run), "--out", str(tmp_path / "words"), "--config", str(words),
+                 "--clean-per-class", "20", "--no-progress", "--no-plots"]) == 0
+    report = _report(tmp_path / "words")
+    assert report["after"]["asr"] <= 0.1, report
+    assert report["after"]["acc"] >= report["before"]["acc"] - 0.04, report
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
+    (name, rows), = load_file(str(tmp_path / "words" / "masks.safetensors")).items()
+    trigger = Tokenizer.from_file(str(run / "tokenizer" / "tokenizer.json")).token_to_id("cf")
+    assert name.endswith("word_embeddings") and rows[trigger] < 0.05  # the trigger's row is off
+    assert float(rows.median()) > 0.9  # most words untouched
 
 
 def test_pixel_space_defenses_refuse_text():

@@ -14,6 +14,7 @@ Which layers can be masked, and along which axis, is a small dispatch table
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import OrderedDict
@@ -27,6 +28,8 @@ from torch.nn.utils import parametrize
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "MaskConfig",
     "MaskTarget",
@@ -36,14 +39,14 @@ __all__ = [
     "mask_candidates",
 ]
 
-KINDS = ("norm", "conv", "linear")
+KINDS = ("norm", "conv", "linear", "embedding")
 
 
 @dataclass(frozen=True)
 class MaskTarget:
     """How to mask one module type.
 
-    ``kind`` groups types for :class:`MaskConfig` (``norm``, ``conv``, ``linear``);
+    ``kind`` groups types for :class:`MaskConfig` (``norm``, ``conv``, ``linear``, ``embedding``);
     ``tensors`` names the tensors scaled by the shared mask (a normalisation layer scales only
     γ, as the reference code; a conv scales weight and bias so the whole channel is scaled);
     ``axis`` is the output-channel axis of the weight (1 for transposed convolutions).
@@ -78,6 +81,9 @@ def _register_builtin_targets() -> None:
     for t in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
         register_mask_target(t, MaskTarget("conv", ("weight", "bias"), 1))
     register_mask_target(nn.Linear, MaskTarget("linear", ("weight", "bias"), 0))
+    # A lookup table is a linear layer on one-hot inputs: one scale per row silences one input
+    # entry (a word) and nothing else; text's adversarial word trains these (nft.nlp).
+    register_mask_target(nn.Embedding, MaskTarget("embedding", ("weight",), 0))
     try:  # torchvision's detection backbones freeze BN into a module whose γ is a buffer
         from torchvision.ops.misc import FrozenBatchNorm2d
     except Exception:  # noqa: BLE001 - torchvision is optional for the core
@@ -101,7 +107,8 @@ class MaskConfig:
 
     Attributes:
         targets: kinds of layers to mask: ``"norm"`` (normalisation γ, the paper's choice),
-            ``"conv"`` and ``"linear"`` (output channels).
+            ``"conv"`` and ``"linear"`` (output channels), ``"embedding"`` (one scale per row of
+            a lookup table: per word of a token table).
         include: if given, only layers whose dotted name matches one of these patterns are
             masked. A pattern matches when it equals the name, is a dotted suffix of it
             (``"bn1"`` matches ``"layer1.0.bn1"``), or full-matches it as a regular expression.
@@ -189,6 +196,27 @@ def _select(model: nn.Module, config: MaskConfig) -> list[tuple[str, nn.Module, 
     return chosen
 
 
+def _tied_tensors(model: nn.Module, chosen: list[tuple[str, nn.Module, MaskTarget]]
+                  ) -> tuple[list[str], list[str]]:
+    """Selected tensors other layers share (a seq2seq model's token table, used by its encoder,
+    decoder and output layer): those selected at more than one layer, and those shared only
+    with unselected layers, each as ``"a.weight = b.weight, c.weight"``."""
+    owners: dict[int, list[str]] = {}
+    for name, tensor in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(tensor), []).append(name)
+    selected: dict[int, list[str]] = {}
+    for name, module, target in chosen:
+        for tensor_name in target.tensors:
+            tensor = getattr(module, tensor_name, None)
+            if isinstance(tensor, nn.Parameter) and len(owners.get(id(tensor), [])) > 1:
+                selected.setdefault(id(tensor), []).append(f"{name}.{tensor_name}" if name else tensor_name)
+    twice, shared = [], []
+    for key, names in selected.items():
+        others = [n for n in owners[key] if n not in names]
+        (twice if len(names) > 1 else shared).append(" = ".join([", ".join(names), *([", ".join(others)] if others else [])]))
+    return twice, shared
+
+
 class ChannelScale(nn.Module):
     """Parametrization ``tensor -> tensor * mask`` broadcast along one axis.
 
@@ -248,6 +276,17 @@ class MaskedModel(nn.Module):
                 f"MaskConfig {config} matched no layer of {type(model).__name__}. "
                 f"Maskable layers: {listing}{more}. Adjust targets / include / exclude."
             )
+        twice, shared = _tied_tensors(model, chosen)
+        if twice:
+            raise ConfigError(
+                "masks fold into the tensors they scale, and these selected layers share one tensor "
+                f"(tied weights): {'; '.join(twice)}. Their masks would multiply when folded; select "
+                "only one of them (MaskConfig.include / exclude)"
+            )
+        for line in shared:
+            log.warning("folding the mask of %s also changes the layers that share its tensor "
+                        "(tied weights); exclude it, or untie the weights, if they must stay as they are",
+                        line)
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)

@@ -25,6 +25,7 @@ install them) gets them for that call only (see :mod:`nft.nlp.tasks`).
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -118,34 +119,65 @@ def word_embeddings(model: nn.Module, names: Sequence[str] = ()) -> list[nn.Modu
 
 
 class AdversarialToken:
-    """A virtual input token whose embedding is moved up the loss while NFT's masks go down it.
+    """A virtual input word moved up the loss while NFT's masks go down it.
 
     The text counterpart of the core's universal adversarial pattern (``nft.core.adversary``):
-    a word trigger is one embedding that sends any text to the target, so one embedding ``δ``,
-    put in place of a random word of a ``prob`` share of each batch's texts and moved by
-    normalised gradient ascent (``step`` of its largest norm per step), is pulled towards the
-    trigger's, and the masks learn to ignore it. ``δ`` starts as a random row of the model's
-    token-embedding table and is kept within the table's largest row norm, so it stays the size
-    of a real word. It is made anew each time the hooks are installed (one per purification).
-    NFT's loop calls :meth:`ascend` right after each backward pass, as it does for the image
-    pattern, with the gradient averaged over ranks first.
+    a word trigger is one embedding that sends any text to the target, so a word put in place
+    of a random inner word of a ``prob`` share of each batch's texts and moved up the loss is
+    pulled towards the trigger, and the masks learn to ignore it. NFT's loop calls
+    :meth:`ascend` right after each backward pass, as it does for the image pattern, with the
+    gradient averaged over ranks first. It is made anew each time the hooks are installed (one
+    per purification). Two ways to move it:
+
+    * ``vocabulary=True`` (the default of :meth:`EmbeddingMixUp.with_adversary`): the token is
+      always a real word, looked up through the model's (masked) token table, and each step
+      swaps it for the word with the largest linear loss gain ``g · e_w`` (HotFlip's estimate,
+      the word search of Wallace et al.'s universal adversarial triggers, EMNLP 2019). Words the
+      clean batches contain are never candidates: they are evidence the model is meant to use,
+      and a rare-word trigger is by construction a word clean text does not show. With masks on
+      the token table's rows (``MaskConfig(targets=("embedding",))``) the chosen word's own row
+      mask gets the gradient, so a trigger word, once found, is silenced alone
+      (docs/nlp.md: BadNL 91.7 → under 8 % with no accuracy lost).
+    * ``vocabulary=False``: one free embedding ``δ``, started at a random row of the table and
+      moved by normalised gradient ascent (``step`` of the table's largest row norm per step)
+      within that norm.
     """
 
-    def __init__(self, prob: float = 0.5, step: float = 0.2, count: int = 1) -> None:
+    def __init__(self, prob: float = 0.5, step: float = 0.2, count: int = 1, *,
+                 vocabulary: bool = False) -> None:
         if not 0 < prob <= 1 or step <= 0 or count < 1:
             raise ConfigError(f"the adversarial token needs prob in (0, 1], step > 0 and count ≥ 1, "
                               f"got {prob}, {step}, {count}")
         self.prob, self.step, self.count = float(prob), float(step), int(count)
+        self.vocabulary = bool(vocabulary)
         self.delta: torch.Tensor | None = None
+        """The free embeddings, or in vocabulary mode a zero tensor added to the looked-up words
+        only to collect their gradient."""
+        self.rows: torch.Tensor | None = None
+        """Vocabulary mode: the word ids in use, one per token."""
+        self.table: nn.Embedding | None = None
         self.radius = 0.0
+        self.seen: set[int] = set()
+        """Vocabulary mode: the word ids the clean batches have shown (never chosen)."""
         self.enabled = True
         """Whether the next batches carry the token (NFT's loop clears it after ``adv_stop``)."""
 
     def reset(self, table: nn.Embedding, generator: torch.Generator) -> None:
         weight = table.weight.detach()
         rows = torch.randint(weight.shape[0], (self.count,), generator=generator)
-        self.delta = weight[rows].clone().requires_grad_(True)
+        self.table, self.seen = table, set()
         self.radius = float(weight.norm(dim=1).max())
+        if self.vocabulary:
+            self.rows = rows.to(weight.device)
+            self.delta = torch.zeros(self.count, weight.shape[1], device=weight.device,
+                                     dtype=weight.dtype, requires_grad=True)
+        else:
+            self.delta = weight[rows].clone().requires_grad_(True)
+
+    def observe(self, input_ids: torch.Tensor) -> None:
+        """Note the words of a clean batch (vocabulary mode never picks them)."""
+        if self.vocabulary:
+            self.seen.update(torch.unique(input_ids).tolist())
 
     def positions(self, attention_mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``(position, token)`` per text: a position strictly between its first and last real
@@ -158,19 +190,33 @@ class AdversarialToken:
         return torch.stack([at, which], dim=1)
 
     def ascend(self) -> None:
-        """One normalised step up the loss for each token, then back within the radius."""
+        """One step up the loss for each token (see the class docstring for the two modes)."""
         if self.delta is None or self.delta.grad is None:
             return
-        for row, grad in zip(self.delta.detach(), self.delta.grad):
-            ascend_within(row, grad, self.step * self.radius, self.radius)
+        if self.vocabulary:
+            with torch.no_grad():
+                gains = self.delta.grad @ self.table.weight.detach().to(self.delta.grad).T
+                if self.seen:
+                    gains[:, sorted(i for i in self.seen if i < gains.shape[1])] = -math.inf
+                self.rows = gains.argmax(dim=1)
+        else:
+            for row, grad in zip(self.delta.detach(), self.delta.grad):
+                ascend_within(row, grad, self.step * self.radius, self.radius)
         self.delta.grad = None
+
+    def embeddings(self) -> torch.Tensor:
+        """``(count, width)``: the tokens as placed (vocabulary mode: through the live table,
+        so its row masks are in the graph)."""
+        if self.vocabulary:
+            return self.table.weight[self.rows] + self.delta
+        return self.delta
 
     def place(self, hidden: torch.Tensor, token_at: torch.Tensor) -> torch.Tensor:
         """``hidden`` with token ``token_at[i, 1]`` at position ``token_at[i, 0]`` of text i."""
         rows = (token_at[:, 0] >= 0).nonzero().flatten()
         where = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         where[rows.to(hidden.device), token_at[rows, 0].to(hidden.device)] = True
-        tokens = self.delta[token_at[:, 1].to(self.delta.device)].to(hidden.dtype)  # (batch, width)
+        tokens = self.embeddings()[token_at[:, 1].to(self.delta.device)].to(hidden.dtype)  # (batch, width)
         return torch.where(where.unsqueeze(-1), tokens.unsqueeze(1), hidden)
 
 
@@ -260,6 +306,10 @@ class EmbeddingMixUp:
             if key in mixed and isinstance(mixed[key], torch.Tensor):
                 mixed[key] = torch.maximum(mixed[key], mixed[key][order.to(mixed[key].device)])
         token_at = None
+        if self.adversary is not None:  # the words of both sides (a shared table serves both)
+            for key in ("input_ids", "decoder_input_ids"):
+                if isinstance(inputs.get(key), torch.Tensor):
+                    self.adversary.observe(inputs[key])
         if self.adversary is not None and self.adversary.enabled:
             mask = mixed.get("attention_mask")
             if mask is None:
@@ -272,10 +322,12 @@ class EmbeddingMixUp:
         clean = mixed if token_at is None else {**mixed, MIX_KEY: MixSpec(lam, order)}
         return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)), clean_inputs=clean)
 
-    def with_adversary(self, *, prob: float, step: float, count: int = 1) -> EmbeddingMixUp:
+    def with_adversary(self, *, prob: float, step: float, count: int = 1,
+                       vocabulary: bool = True) -> EmbeddingMixUp:
         """The same mixing with an :class:`AdversarialToken` (NFT's ``adv_prob`` / ``adv_step``
-        for text, whose inputs have no space to add a pattern to)."""
-        return EmbeddingMixUp(self.alpha, self.modules, AdversarialToken(prob, step, count))
+        for text, whose inputs have no space to add a pattern to); a real word by default."""
+        return EmbeddingMixUp(self.alpha, self.modules,
+                              AdversarialToken(prob, step, count, vocabulary=vocabulary))
 
     def hooks(self, model: nn.Module):
         """Context manager: the mixing hooks on ``model``, removed on exit."""
@@ -284,7 +336,8 @@ class EmbeddingMixUp:
     def __repr__(self) -> str:
         extra = f", modules={list(self.modules)}" if self.modules else ""
         if self.adversary is not None:
-            extra += f", adversary=AdversarialToken({self.adversary.prob}, {self.adversary.step})"
+            a = self.adversary
+            extra += f", adversary=AdversarialToken({a.prob}, {a.step}, vocabulary={a.vocabulary})"
         return f"EmbeddingMixUp(alpha={self.alpha}{extra})"
 
 
