@@ -11,6 +11,7 @@ stopped and a finished cell is never recomputed.
     python scripts/defense_table.py RUN ... --defenses anp,rnp,nft --budgets per-class=10
     python scripts/defense_table.py RUN ... --scale 0.25        # every step count × 0.25
     python scripts/defense_table.py RUN ... --set anp.steps=500 --set sau.batch_size=64
+    python scripts/defense_table.py RUN ... --table-only               # the table of the cells so far
 
 Budgets: `per-class=K` (K clean samples of every class) and `fraction=F` (F times the number of
 *training* images of the run, `train_limit` of its spec, or `--train-size`), drawn from the
@@ -58,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda, … (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     p.add_argument("--recompute", action="store_true", help="recompute cells that exist")
+    p.add_argument("--table-only", action="store_true",
+                   help="write the table from the cells that exist; compute nothing new (missing: not run)")
     p.add_argument("--progress", action="store_true", help="show the defenses' progress bars")
     p.add_argument("--title", default="Defense table")
     return p.parse_args(argv)
@@ -230,6 +233,8 @@ def main(argv=None) -> int:
                 cell_file = out / "cells" / f"{attack}__{kind}-{value:g}__{name}.json"
                 if cell_file.is_file() and not args.recompute:
                     table["cells"][key] = read_json(cell_file)
+                    continue
+                if args.table_only:
                     continue
                 cfg = defense_config(name, experiment, args.scale, extra.get(name, {}), args.seed, args.device,
                                      args.progress)

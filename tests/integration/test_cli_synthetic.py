@@ -139,6 +139,10 @@ def test_defense_table_runs_defenses_as_nft_purify_does_and_resumes(attack_run, 
     assert {p.name.split("__")[-1]: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
     table = (out / "table.md").read_text()
     assert "| nft |" in table and "| ft |" in table and "not run" not in table
+    # --table-only adds a defense to the table without running it, and writes no cell
+    assert defense_table.main([*argv, "--defenses", "nft,ft,rnp", "--table-only"]) == 0
+    assert {p.name.split("__")[-1]: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
+    assert "| rnp | not run |" in (out / "table.md").read_text()
 
 
 def test_the_printed_table_keeps_long_metric_names_apart():
