@@ -56,18 +56,24 @@ def test_translation_backdoor_and_purification(tmp_path):
     assert again["asr"] == pytest.approx(report["after"]["asr"])
 
 
+def _backdoored_topics(tmp_path, topics, *, holdout: int, epochs: int) -> Path:
+    """A tiny BERT on the toy topics with the word trigger "cf"; the backdoor must take hold."""
+    write_fortunes(tmp_path / "fortunes", topics)
+    run = tmp_path / "attack"
+    assert main(["attack", "--modality", "nlp", "--data-root", str(tmp_path / "fortunes"), "--out", str(run),
+                 "--test-limit", "100", "--holdout", str(holdout), "--epochs", str(epochs), "--lr", "0.005",
+                 "--attack-arg", "triggers=cf", "--model-arg", "vocab_size=200", *TINY]) == 0
+    attacked = _report(run)
+    assert attacked["acc"] >= 0.9 and attacked["asr"] >= 0.9, attacked
+    return run
+
+
 def test_classification_backdoor_and_purification(tmp_path):
     """The word trigger takes hold; NFT's channel masks keep the accuracy but do not remove the
     backdoor from these tiny classifiers, while fine-tuning the weights with the same embedding
     MixUp does. Every toy text here has ten words, so a triggered text is also the only one with
     eleven, and the tiny model can key on that as well as on the word (see the next test)."""
-    write_fortunes(tmp_path / "fortunes", toy_topics(80, seed=0))
-    run = tmp_path / "attack"
-    assert main(["attack", "--modality", "nlp", "--data-root", str(tmp_path / "fortunes"), "--out", str(run),
-                 "--test-limit", "100", "--holdout", "50", "--epochs", "20", "--lr", "0.005",
-                 "--attack-arg", "triggers=cf", "--model-arg", "vocab_size=200", *TINY]) == 0
-    attacked = _report(run)
-    assert attacked["acc"] >= 0.9 and attacked["asr"] >= 0.9, attacked
+    run = _backdoored_topics(tmp_path, toy_topics(80, seed=0), holdout=50, epochs=20)
 
     config = Path(__file__).resolve().parents[2] / "configs" / "nlp" / "nft-all-channels.yaml"
     assert main(["purify", "--run", str(run), "--out", str(tmp_path / "nft"), "--config", str(config),
@@ -90,13 +96,7 @@ def test_word_masks_find_and_silence_the_trigger_word(tmp_path):
     adversarial word (vocabulary mode), find the trigger word and silence it alone. The toy texts
     vary in length here, so the backdoor can only be the word (with one length for all texts, a
     triggered text is also the only longer one, and zeroing the word's row leaves that)."""
-    write_fortunes(tmp_path / "fortunes", toy_topics(80, seed=0, fillers=(4, 10)))
-    run = tmp_path / "attack"
-    assert main(["attack", "--modality", "nlp", "--data-root", str(tmp_path / "fortunes"), "--out", str(run),
-                 "--test-limit", "100", "--holdout", "150", "--epochs", "40", "--lr", "0.005",
-                 "--attack-arg", "triggers=cf", "--model-arg", "vocab_size=200", *TINY]) == 0
-    attacked = _report(run)
-    assert attacked["acc"] >= 0.9 and attacked["asr"] >= 0.9, attacked
+    run = _backdoored_topics(tmp_path, toy_topics(80, seed=0, fillers=(4, 10)), holdout=150, epochs=40)
 
     words = Path(__file__).resolve().parents[2] / "configs" / "nlp" / "nft-words.yaml"
     assert main(["purify", "--run", str(run), "--out", str(tmp_path / "words"), "--config", str(words),
