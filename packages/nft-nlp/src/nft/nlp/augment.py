@@ -136,8 +136,9 @@ class AdversarialToken:
       clean batches contain are never candidates: they are evidence the model is meant to use,
       and a rare-word trigger is by construction a word clean text does not show. With masks on
       the token table's rows (``MaskConfig(targets=("embedding",))``) the chosen word's own row
-      mask gets the gradient, so a trigger word, once found, is silenced alone
-      (docs/nlp.md: BadNL 91.7 → under 8 % with no accuracy lost).
+      mask gets the gradient, so a trigger word, once found, is silenced alone (docs/nlp.md:
+      BadNL 91.7 → 1.7–3.9 % ASR over three draws, accuracy within 1.2 points). ``step`` is
+      unused. In a distributed run each rank excludes the words its own batches showed.
     * ``vocabulary=False``: one free embedding ``δ``, started at a random row of the table and
       moved by normalised gradient ascent (``step`` of the table's largest row norm per step)
       within that norm.
