@@ -87,7 +87,9 @@ def toy_topics(per_topic: int, seed: int = 0, fillers: tuple[int, int] = (7, 7))
     for topic, words in TOPIC_WORDS.items():
         texts = []
         for _ in range(per_topic):
-            tokens = list(rng.choice(words, 3)) + list(rng.choice(FILLER, int(rng.integers(fillers[0], fillers[1] + 1))))
+            tokens = list(rng.choice(words, 3))
+            low, high = fillers  # one length draws nothing, so the default keeps its texts
+            tokens += list(rng.choice(FILLER, low if low == high else int(rng.integers(low, high + 1))))
             rng.shuffle(tokens)
             texts.append(" ".join(tokens))
         out[topic] = texts
