@@ -11,7 +11,7 @@ the script resumes after an interruption. It prints the Markdown table (and writ
 `--out` when given). Everything runs on the CPU with one thread per process.
 
     python scripts/nlp_table.py --work runs/nlp-table --out runs/nlp-table/table.md
-    python scripts/nlp_table.py --write docs/nlp.md     # replace the table block of the guide
+    python scripts/nlp_table.py --write docs/nlp.md README.md   # replace their table blocks
 """
 
 from __future__ import annotations
@@ -29,13 +29,16 @@ CONFIGS = ROOT / "configs" / "nlp"
 
 ROWS = {
     "cls-badnl": ["--config", str(CONFIGS / "attack-classification.yaml")],
-    "cls-addsent": ["--config", str(CONFIGS / "attack-classification.yaml"), "--attack", "addsent"],
+    # AddSent at 3 %: at the config's 10 % it cost 10.9 points of accuracy (docs/nlp.md)
+    "cls-addsent": ["--config", str(CONFIGS / "attack-classification.yaml"), "--attack", "addsent",
+                    "--poison-rate", "0.03"],
     "gen-trigger": ["--config", str(CONFIGS / "attack-translation.yaml")],
 }
 # The defender's clean set of each row, replacing the configs' 10 per class: the translation
 # pool is stratified by source length (generation has no classes) and the 300-pair pool of the
 # default dictionary task has only five two-word pairs.
 BUDGET = {"gen-trigger": ["--clean-per-class", "5"]}
+# nft-words.yaml is text's default `nft` spelled out (nft.nlp.modality.word_nft_settings)
 DEFENSES = {
     "nft-layernorm": CONFIGS / "nft-layernorm.yaml",
     "nft-all-channels": CONFIGS / "nft-all-channels.yaml",
@@ -112,14 +115,15 @@ def markdown(rows: list[dict]) -> str:
                     f"{_pct(row['clean'][metric])} | {_pct(before[metric])} | {_pct(before['asr'])} | "
                     f"{_mark(attack_ok)} |") if first else "| | | | | | | | |"
             defense_ok = after["asr"] <= 0.10 and before[metric] - after[metric] <= tol
-            lines.append(f"{head} {defense} | {_pct(after[metric])} | {_pct(after['asr'])} | "
+            label = "nft-words (the default `nft`)" if defense == "nft-words" else defense
+            lines.append(f"{head} {label} | {_pct(after[metric])} | {_pct(after['asr'])} | "
                          f"{100 * (after[metric] - before[metric]):+.1f} | {report.get('seconds', 0):.0f} | "
                          f"{_mark(defense_ok)} |")
             first = False
     lines += ["", "Targets: backdoor ASR ≥ 85 % with the metric within 2 BLEU points (translation) or 4 "
                   "accuracy points (classification) of the clean model; after the defense ASR ≤ 10 % with "
                   "the metric down by at most as much. Command: `python scripts/nlp_table.py --write "
-                  "docs/nlp.md`; configs in `configs/nlp/`; one thread per process."]
+                  "docs/nlp.md README.md`; configs in `configs/nlp/`; one thread per process; seed 0."]
     return "\n".join(lines) + "\n"
 
 
@@ -137,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defenses", default=",".join(DEFENSES), help=f"out of {list(DEFENSES)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the table here")
-    parser.add_argument("--write", type=Path, help="Markdown file whose nlp-table block is replaced")
+    parser.add_argument("--write", type=Path, nargs="+", default=[],
+                        help="Markdown files whose nlp-table block is replaced")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -150,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         Path(args.out).write_text(table)
-    if args.write:
-        write_block(args.write, table)
+    for path in args.write:
+        write_block(path, table)
     return 0
 
 

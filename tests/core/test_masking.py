@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from nft.core import ConfigError, MaskConfig, inject_masks, mask_candidates
+from nft.core.masking import module_mask
 from nft.core.testing import MaskingContract
 
 from .toy_models import (
@@ -80,6 +81,17 @@ def test_embedding_masks_scale_one_row_per_entry():
     assert masked.masks["0"].shape == (10,)
     assert torch.equal(out[0, 1], torch.zeros(4)) and torch.equal(out[0, 2], torch.zeros(4))
     assert torch.equal(out[0, [0, 3]], base[0, [0, 3]])
+
+
+def test_module_mask_finds_the_mask_of_a_masked_layer_only():
+    """``module_mask`` gives an augmentation the mask of one layer (text's adversarial words hold
+    some of a table's rows with it); unmasked layers and unloaded models have none."""
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+    masked = inject_masks(model, MaskConfig(targets=("embedding",)))
+    assert module_mask(model[0]) is masked.masks["0"]
+    assert module_mask(model[1]) is None
+    masked.unload()
+    assert module_mask(model[0]) is None
 
 
 class _Tied(nn.Module):

@@ -184,7 +184,7 @@ def test_the_free_adversarial_token_replaces_one_inner_word_embedding_of_the_cho
     torch.manual_seed(0)
     model = build_classifier("bert", VOCAB, 3, SIZE)
     inputs, targets = _classification_batch()
-    augmentation = EmbeddingMixUp(1.0).with_adversary(prob=1.0, step=0.2, vocabulary=False)
+    augmentation = EmbeddingMixUp(1.0).with_adversary(prob=1.0, step=0.2, count=1, vocabulary=False)
     assert isinstance(augmentation.adversary, AdversarialToken)
     seen = []
     table = word_embeddings(model)[0]
@@ -215,16 +215,17 @@ def test_the_free_adversarial_token_replaces_one_inner_word_embedding_of_the_cho
     assert hook_count(model) == 0
 
 
-def test_the_vocabulary_token_is_the_unseen_word_of_largest_gain_and_trains_its_own_row_mask():
-    """Vocabulary mode (the default): the placed token is a real row of the *masked* table, so
-    its row mask gets the gradient; each step swaps it for the unseen word whose linear gain
-    g · e_w is largest; words of the clean batches are never chosen."""
+def test_the_vocabulary_tokens_are_the_unseen_words_of_largest_gain_and_train_only_their_row_masks():
+    """Vocabulary mode (the default: three words, momentum 0.9, clean rows held): the placed
+    tokens are real rows of the *masked* table, so their row masks get the gradient; the clean
+    words' row masks get none; each step takes the three unseen words whose linear gain g · e_w
+    (g summed over the tokens) is largest; words of the clean batches are never chosen."""
     torch.manual_seed(0)
     model = build_classifier("bert", VOCAB, 3, SIZE)
     inputs, targets = _classification_batch()
     augmentation = EmbeddingMixUp(1.0).with_adversary(prob=1.0, step=0.2)
     token = augmentation.adversary
-    assert token.vocabulary
+    assert token.vocabulary and token.count == 3 and token.momentum == 0.9 and token.hold_seen
     masked = inject_masks(model, MaskConfig(targets=("embedding",), include=("word_embeddings",)))
     (name, row_masks), = masked.masks.items()
     assert name.endswith("word_embeddings") and row_masks.shape == (VOCAB,)
@@ -232,20 +233,49 @@ def test_the_vocabulary_token_is_the_unseen_word_of_largest_gain_and_trains_its_
         mixed = augmentation(inputs, targets, rng=np.random.default_rng(0),
                              generator=torch.Generator().manual_seed(0))
         assert token.seen == set(torch.unique(inputs["input_ids"]).tolist())
-        word = int(token.rows[0])
+        placed = {int(token.rows[w]) for w in mixed.inputs[MIX_KEY].token_at[:, 1].tolist()}
         loss = TextClassificationTask().loss(masked(**mixed.inputs).logits, targets)
         loss.backward()
-        # the only masks with a gradient: the rows of the batch's words and the placed word
+        # the only row masks with a gradient: the placed words' (the clean words' are held)
         touched = set(row_masks.grad.nonzero().flatten().tolist())
-        assert word in touched and touched <= token.seen | {word}
-        grad = token.delta.grad.clone()
+        assert touched and touched <= placed and not touched & token.seen
+        grad = token.delta.grad.sum(dim=0)
         token.ascend()
     table = masked.model.bert.embeddings.word_embeddings.weight.detach()
-    gains = grad[0] @ table.T
-    unseen = [w for w in range(VOCAB) if w not in token.seen]
-    assert int(token.rows[0]) == max(unseen, key=lambda w: float(gains[w]))
+    gains = grad @ table.T
+    unseen = sorted((w for w in range(VOCAB) if w not in token.seen), key=lambda w: -float(gains[w]))
+    assert sorted(token.rows.tolist()) == sorted(unseen[:3])
+    assert torch.allclose(token.score, gains)  # the first step's score is its own gain
     assert torch.equal(token.delta.detach(), torch.zeros_like(token.delta))  # it only collects gradients
     assert hook_count(masked) == 0
+    # leaving the hooks also removes the hold: the clean rows' masks train again
+    row_masks.grad = None
+    masked(**inputs).logits.sum().backward()
+    assert set(row_masks.grad.nonzero().flatten().tolist()) & token.seen
+
+
+def test_the_word_scores_are_averaged_over_steps_with_the_momentum():
+    """One step's gain picks a different word nearly every step; the choice is made on the
+    running average ``score = m · score + (1 − m) · gain`` instead."""
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(VOCAB, 16)
+    token = AdversarialToken(prob=1.0, count=2, vocabulary=True, momentum=0.75)
+    token.reset(table, torch.Generator().manual_seed(0))
+    token.observe(torch.tensor([[0, 1, 2, 3]]))
+    g = torch.Generator().manual_seed(2)
+    first, second = torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g)
+    weight = table.weight.detach()
+    for grad in (first, second):
+        token.delta.grad = grad.clone()
+        token.ascend()
+    expected = 0.75 * (first.sum(0) @ weight.T) + 0.25 * (second.sum(0) @ weight.T)
+    assert torch.allclose(token.score, expected, atol=1e-6)
+    ranked = sorted(range(4, VOCAB), key=lambda w: -float(expected[w]))
+    assert sorted(token.rows.tolist()) == sorted(ranked[:2])
+    with pytest.raises(ConfigError, match="momentum"):
+        AdversarialToken(momentum=1.0)
+    with pytest.raises(ConfigError, match="lower count"):
+        AdversarialToken(count=VOCAB + 1, vocabulary=True).reset(table, torch.Generator())
 
 
 def test_nft_adv_on_text_moves_the_token_after_each_backward_pass_until_adv_stop():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nft.core import MaskConfig
 from nft.core.cli import main
 
 from .helpers import toy_pairs, toy_topics, write_dictd, write_fortunes
@@ -44,12 +45,17 @@ def test_translation_backdoor_and_purification(tmp_path):
     assert config["spec"]["model"] == "marian" and config["spec"]["attack"] == "nlg-trigger"
     assert (run / "tokenizer" / "tokenizer.json").is_file() and (run / "model_config.json").is_file()
 
-    assert main(["purify", "--run", str(run), "--out", str(out), "--clean-count", "50", "--steps", "250",
-                 "--set", "lr=0.2", "--set", "batch_size=32", "--set", "masks.targets=[norm, linear]",
+    # the modality's default `nft`: masks on the token table's rows against adversarial words.
+    # From 20 pairs it removed the trigger on seeds 0, 1 and 2 (0.0 %); from 50 pairs one of the
+    # three seeds (0) left 14 %, the trigger's row mask at 0.35
+    assert main(["purify", "--run", str(run), "--out", str(out), "--clean-count", "20",
                  "--no-progress", "--no-plots"]) == 0
     report = _report(out)
     assert report["before"]["asr"] >= 0.9
-    assert report["after"]["asr"] <= 0.15, report["after"]
+    assert report["after"]["asr"] <= 0.10, report["after"]
+    used = json.loads((out / "config.json").read_text())
+    assert used["method"] == "nft" and used["defense"]["adv_prob"] == 1.0
+    assert used["defense"]["masks"]["targets"] == ["embedding"]
     assert report["after"]["bleu"] >= report["before"]["bleu"] - 0.05, report
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "m.json")]) == 0
     again = json.loads((tmp_path / "m.json").read_text())
@@ -92,8 +98,9 @@ def test_classification_backdoor_and_purification(tmp_path):
 
 
 def test_word_masks_find_and_silence_the_trigger_word(tmp_path):
-    """configs/nlp/nft-words.yaml: masks on the token table's rows, trained against the
-    adversarial word (vocabulary mode), find the trigger word and silence it alone. The toy texts
+    """configs/nlp/nft-words.yaml (text's default `nft`): masks on the token table's rows,
+    trained against the adversarial words (vocabulary mode), find the trigger word and silence
+    it alone. The toy texts
     vary in length here, so the backdoor can only be the word (with one length for all texts, a
     triggered text is also the only longer one, and zeroing the word's row leaves that)."""
     run = _backdoored_topics(tmp_path, toy_topics(80, seed=0, fillers=(4, 10)), holdout=150, epochs=40)
@@ -110,10 +117,22 @@ def test_word_masks_find_and_silence_the_trigger_word(tmp_path):
     (name, rows), = load_file(str(tmp_path / "words" / "masks.safetensors")).items()
     trigger = Tokenizer.from_file(str(run / "tokenizer" / "tokenizer.json")).token_to_id("cf")
     assert name.endswith("word_embeddings") and rows[trigger] < 0.05  # the trigger's row is off
-    # most of the table is kept: the median row keeps ≥ 80 % of its scale (0.96 on these texts,
-    # 0.90 on another draw of the toy set; the rows the search picks and the clean loss moves
-    # are a minority)
+    # most of the table is kept: the median row keeps ≥ 80 % of its scale (the rows the search
+    # picks are a minority, and the clean texts' rows are held)
     assert float(rows.median()) > 0.8
+
+    # the config file is the modality's default spelled out; nft-reference keeps the reference
+    # recipe on every LayerNorm γ
+    import yaml
+
+    from nft.core import load_modality
+    from nft.core.runs import defense_config
+
+    experiment = load_modality("nlp").load_experiment(run, device="cpu")
+    spelled = yaml.safe_load(words.read_text())
+    assert defense_config("nft", experiment) == defense_config(spelled["method"], experiment, spelled["defense"])
+    reference = defense_config("nft-reference", experiment)
+    assert reference.masks == MaskConfig() and reference.adv_prob == 0 and reference.lr == 0.05
 
 
 def test_pixel_space_defenses_refuse_text():

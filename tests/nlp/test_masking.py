@@ -1,6 +1,7 @@
-"""The core's masking contract for every model family: LayerNorm γ masks (the default) and
-feed-forward-neuron masks (the option) are invisible at injection, fold exactly into the weights,
-unload exactly, and are the only thing that trains."""
+"""The core's masking contract for every model family: LayerNorm γ masks (the reference's), the
+token table's row masks (text's default ``nft``) and feed-forward-neuron masks (the option) are
+invisible at injection, fold exactly into the weights, unload exactly, and are the only thing
+that trains."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import torch
 
 from nft.core import MaskConfig, inject_masks, mask_candidates
 from nft.core.testing import MaskingContract
-from nft.nlp.models import ModelSize, build_classifier, build_seq2seq, ffn_mask_config, register_text_mask_targets
+from nft.nlp.models import (
+    ModelSize,
+    build_classifier,
+    build_seq2seq,
+    ffn_mask_config,
+    register_text_mask_targets,
+    word_mask_config,
+)
 
 register_text_mask_targets()
 
@@ -98,6 +106,37 @@ class TestDistilBertNorm(_Classifier):
 
 class TestRobertaNorm(_Classifier):
     family = "roberta"
+
+
+class TestBertWords(_Classifier):
+    family = "bert"
+    mask_config = word_mask_config()
+
+
+class TestDistilBertWords(_Classifier):
+    family = "distilbert"
+    mask_config = word_mask_config()
+
+
+class TestRobertaWords(_Classifier):
+    family = "roberta"
+    mask_config = word_mask_config()
+
+
+@pytest.mark.parametrize("family,table", [
+    ("marian", "model.encoder.embed_tokens"), ("bart", "model.encoder.embed_tokens"),
+    ("t5", "encoder.embed_tokens"), ("bert", "bert.embeddings.word_embeddings"),
+    ("distilbert", "distilbert.embeddings.word_embeddings"), ("roberta", "roberta.embeddings.word_embeddings"),
+])
+def test_word_masks_are_one_per_row_of_the_encoders_token_table(family, table):
+    """The default text masks find each family's (encoder's) token table and nothing else. A
+    generator's table is tied to its decoder and output layer; the masker masks it once, at the
+    encoder (masking a second name of the same tensor would multiply the masks when folded)."""
+    build = build_seq2seq if family in ("marian", "bart", "t5") else \
+        (lambda f, v, s: build_classifier(f, v, 3, s))
+    masked = inject_masks(build(family, VOCAB, SIZE), word_mask_config())
+    assert list(masked.masks) == [table]
+    assert masked.masks[table].shape == (VOCAB,)
 
 
 class TestMarianFFN(_Seq2Seq):

@@ -37,6 +37,7 @@ __all__ = [
     "inject_masks",
     "register_mask_target",
     "mask_candidates",
+    "module_mask",
 ]
 
 KINDS = ("norm", "conv", "linear", "embedding")
@@ -428,6 +429,19 @@ def _restore_tensor_order(module: nn.Module, order: tuple[list, list]) -> None:
 
 def _key(name: str) -> str:
     return name.replace(".", "__") or "__root__"
+
+
+def module_mask(module: nn.Module) -> nn.Parameter | None:
+    """The mask that scales ``module`` inside a :class:`MaskedModel`, or ``None`` when it has
+    none (for augmentations that act on one layer's mask, such as text's adversarial word)."""
+    parametrizations = getattr(module, "parametrizations", None)
+    if parametrizations is None:
+        return None
+    for scales in parametrizations.values():
+        for scale in scales:
+            if isinstance(scale, ChannelScale):
+                return scale.mask
+    return None
 
 
 def inject_masks(model: nn.Module, config: MaskConfig | None = None) -> MaskedModel:

@@ -37,6 +37,7 @@ from .models import (
     ffn_mask_config,
     load_local_model,
     register_text_mask_targets,
+    word_mask_config,
 )
 from .tasks import ClassificationCollate, Seq2SeqCollate, Seq2SeqTask, TextClassificationTask
 from .tokenization import EncodedPairs, EncodedTexts, train_tokenizer
@@ -70,6 +71,7 @@ __all__ = [
     "evaluate_seq2seq",
     "evaluate_text_classification",
     "ffn_mask_config",
+    "word_mask_config",
     "hook_count",
     "load_local_model",
     "make_attack",

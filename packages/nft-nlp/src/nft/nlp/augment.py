@@ -38,6 +38,7 @@ from torch import nn
 from nft.core import ConfigError, Mixed
 from nft.core.adversary import ascend_within
 from nft.core.augment import permute_batch
+from nft.core.masking import module_mask
 
 __all__ = ["MIX_KEY", "AdversarialToken", "EmbeddingMixUp", "embedding_mix_hooks", "mixing_active",
            "word_embeddings"]
@@ -129,51 +130,84 @@ class AdversarialToken:
     gradient averaged over ranks first. It is made anew each time the hooks are installed (one
     per purification). Two ways to move it:
 
-    * ``vocabulary=True`` (the default of :meth:`EmbeddingMixUp.with_adversary`): the token is
-      always a real word, looked up through the model's (masked) token table, and each step
-      swaps it for the word with the largest linear loss gain ``g · e_w`` (HotFlip's estimate,
-      the word search of Wallace et al.'s universal adversarial triggers, EMNLP 2019). Words the
-      clean batches contain are never candidates: they are evidence the model is meant to use,
-      and a rare-word trigger is by construction a word clean text does not show. With masks on
-      the token table's rows (``MaskConfig(targets=("embedding",))``) the chosen word's own row
-      mask gets the gradient, so a trigger word, once found, is silenced alone (docs/nlp.md:
-      BadNL 91.7 → 1.7–3.9 % ASR over three draws, accuracy within 1.2 points). ``step`` is
-      unused. In a distributed run each rank excludes the words its own batches showed.
-    * ``vocabulary=False``: one free embedding ``δ``, started at a random row of the table and
-      moved by normalised gradient ascent (``step`` of the table's largest row norm per step)
-      within that norm.
+    * ``vocabulary=True`` (the default of :meth:`EmbeddingMixUp.with_adversary`): the ``count``
+      tokens are always real words, looked up through the model's (masked) token table. Each
+      step scores every word by its linear loss gain ``g · e_w`` (HotFlip's estimate, the word
+      search of Wallace et al.'s universal adversarial triggers, EMNLP 2019; ``g`` summed over
+      the tokens), averages the scores over steps with ``momentum``, and takes the ``count``
+      best-scoring words. Words the clean batches contain are never candidates: they are
+      evidence the model is meant to use, and a rare-word trigger is by construction a word
+      clean text does not show. With masks on the token table's rows
+      (``MaskConfig(targets=("embedding",))``) a chosen word's own row mask gets the gradient,
+      so a trigger word, once found, is silenced alone. ``hold_seen`` keeps the row masks of
+      the clean words where they are (their gradient is zeroed from the first batch that shows
+      them): one scale per word fits 50 clean texts too easily, and left free the clean loss
+      drove common words' masks to 0 (BadNL: "i" to 0.0 at 5 points of accuracy). Why the
+      score is averaged and several words are used at once: one step's gain is noisy (a
+      different word won nearly every step), and a backdoor may have several trigger words
+      (docs/nlp.md). ``step`` is unused. In a distributed run each rank excludes the words its
+      own batches showed.
+    * ``vocabulary=False``: free embeddings ``δ``, each started at a random row of the table
+      and moved by normalised gradient ascent (``step`` of the table's largest row norm per
+      step) within that norm.
     """
 
     def __init__(self, prob: float = 0.5, step: float = 0.2, count: int = 1, *,
-                 vocabulary: bool = False) -> None:
-        if not 0 < prob <= 1 or step <= 0 or count < 1:
-            raise ConfigError(f"the adversarial token needs prob in (0, 1], step > 0 and count ≥ 1, "
-                              f"got {prob}, {step}, {count}")
+                 vocabulary: bool = False, momentum: float = 0.0, hold_seen: bool = False) -> None:
+        if not 0 < prob <= 1 or step <= 0 or count < 1 or not 0 <= momentum < 1:
+            raise ConfigError(f"the adversarial token needs prob in (0, 1], step > 0, count ≥ 1 and "
+                              f"momentum in [0, 1), got {prob}, {step}, {count}, {momentum}")
         self.prob, self.step, self.count = float(prob), float(step), int(count)
-        self.vocabulary = bool(vocabulary)
+        self.vocabulary, self.momentum, self.hold_seen = bool(vocabulary), float(momentum), bool(hold_seen)
         self.delta: torch.Tensor | None = None
         """The free embeddings, or in vocabulary mode a zero tensor added to the looked-up words
         only to collect their gradient."""
         self.rows: torch.Tensor | None = None
         """Vocabulary mode: the word ids in use, one per token."""
+        self.score: torch.Tensor | None = None
+        """Vocabulary mode: every word's loss gain, averaged over steps with ``momentum``."""
         self.table: nn.Embedding | None = None
         self.radius = 0.0
         self.seen: set[int] = set()
         """Vocabulary mode: the word ids the clean batches have shown (never chosen)."""
         self.enabled = True
         """Whether the next batches carry the token (NFT's loop clears it after ``adv_stop``)."""
+        self._hold: torch.utils.hooks.RemovableHandle | None = None
 
     def reset(self, table: nn.Embedding, generator: torch.Generator) -> None:
         weight = table.weight.detach()
+        if self.vocabulary and self.count > weight.shape[0]:
+            raise ConfigError(f"the adversarial token wants {self.count} words at once but the token "
+                              f"table has {weight.shape[0]} rows; lower count")
         rows = torch.randint(weight.shape[0], (self.count,), generator=generator)
-        self.table, self.seen = table, set()
+        self.table, self.seen, self.score = table, set(), None
         self.radius = float(weight.norm(dim=1).max())
+        self.release()
         if self.vocabulary:
             self.rows = rows.to(weight.device)
             self.delta = torch.zeros(self.count, weight.shape[1], device=weight.device,
                                      dtype=weight.dtype, requires_grad=True)
+            mask = module_mask(table)
+            if self.hold_seen and mask is not None and mask.shape[0] == weight.shape[0]:
+                self._hold = mask.register_hook(self._without_seen_rows)
         else:
             self.delta = weight[rows].clone().requires_grad_(True)
+
+    def release(self) -> None:
+        """Remove the gradient hook that holds the clean words' row masks (the hooks' exit)."""
+        if self._hold is not None:
+            self._hold.remove()
+            self._hold = None
+
+    def _seen_ids(self, size: int, device: torch.device) -> torch.Tensor:
+        return torch.tensor(sorted(i for i in self.seen if i < size), dtype=torch.long, device=device)
+
+    def _without_seen_rows(self, grad: torch.Tensor) -> torch.Tensor:
+        if not self.seen:
+            return grad
+        grad = grad.clone()
+        grad[self._seen_ids(grad.shape[0], grad.device)] = 0
+        return grad
 
     def observe(self, input_ids: torch.Tensor) -> None:
         """Note the words of a clean batch (vocabulary mode never picks them)."""
@@ -196,10 +230,13 @@ class AdversarialToken:
             return
         if self.vocabulary:
             with torch.no_grad():
-                gains = self.delta.grad @ self.table.weight.detach().to(self.delta.grad).T
-                if self.seen:
-                    gains[:, sorted(i for i in self.seen if i < gains.shape[1])] = -math.inf
-                self.rows = gains.argmax(dim=1)
+                gains = self.delta.grad.sum(dim=0) @ self.table.weight.detach().to(self.delta.grad).T
+                if self.score is not None:
+                    gains = self.momentum * self.score + (1 - self.momentum) * gains
+                self.score = gains
+                candidates = gains.clone()
+                candidates[self._seen_ids(len(candidates), candidates.device)] = -math.inf
+                self.rows = candidates.topk(self.count).indices
         else:
             for row, grad in zip(self.delta.detach(), self.delta.grad):
                 ascend_within(row, grad, self.step * self.radius, self.radius)
@@ -270,6 +307,8 @@ def embedding_mix_hooks(model: nn.Module, names: Sequence[str] = (),
     finally:
         for handle in handles:
             handle.remove()
+        if adversary is not None:
+            adversary.release()
         _ACTIVE.discard(model)
 
 
@@ -323,12 +362,15 @@ class EmbeddingMixUp:
         clean = mixed if token_at is None else {**mixed, MIX_KEY: MixSpec(lam, order)}
         return Mixed(mixed, ((targets, lam), (permute_batch(targets, order), 1.0 - lam)), clean_inputs=clean)
 
-    def with_adversary(self, *, prob: float, step: float, count: int = 1,
-                       vocabulary: bool = True) -> EmbeddingMixUp:
+    def with_adversary(self, *, prob: float, step: float, count: int = 3, vocabulary: bool = True,
+                       momentum: float = 0.9, hold_seen: bool = True) -> EmbeddingMixUp:
         """The same mixing with an :class:`AdversarialToken` (NFT's ``adv_prob`` / ``adv_step``
-        for text, whose inputs have no space to add a pattern to); a real word by default."""
+        for text, whose inputs have no space to add a pattern to): by default three real words
+        at a time, chosen on gains averaged with momentum 0.9, with the clean words' row masks
+        held. Measured in docs/nlp.md ("The adversarial word")."""
         return EmbeddingMixUp(self.alpha, self.modules,
-                              AdversarialToken(prob, step, count, vocabulary=vocabulary))
+                              AdversarialToken(prob, step, count, vocabulary=vocabulary,
+                                               momentum=momentum, hold_seen=hold_seen))
 
     def hooks(self, model: nn.Module):
         """Context manager: the mixing hooks on ``model``, removed on exit."""
@@ -338,7 +380,8 @@ class EmbeddingMixUp:
         extra = f", modules={list(self.modules)}" if self.modules else ""
         if self.adversary is not None:
             a = self.adversary
-            extra += f", adversary=AdversarialToken({a.prob}, {a.step}, vocabulary={a.vocabulary})"
+            extra += (f", adversary=AdversarialToken({a.prob}, {a.step}, {a.count}, vocabulary={a.vocabulary}, "
+                      f"momentum={a.momentum}, hold_seen={a.hold_seen})")
         return f"EmbeddingMixUp(alpha={self.alpha}{extra})"
 
 

@@ -14,7 +14,9 @@ tokenizer (``tokenizer/``, JSON); the data of a run is a function of its spec an
 from the dataset files when the run is loaded.
 
 Text has no pixel space (``input_space`` is ``None``): defenses that optimise an input-space
-perturbation refuse these experiments through the core.
+perturbation refuse these experiments through the core. NFT on text masks the rows of the token
+table against adversarial words (:func:`word_nft_settings`); ``nft-reference`` keeps the paper's
+LayerNorm γ masks.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from .models import (
     load_local_model,
     model_from_config,
     register_text_mask_targets,
+    word_mask_config,
 )
 from .tasks import ClassificationCollate, Seq2SeqCollate, Seq2SeqTask, TextClassificationTask
 from .tokenization import EncodedPairs, EncodedTexts, load_tokenizer, train_tokenizer
@@ -364,8 +367,21 @@ class NLPModality(Modality):
             evaluate=self._evaluator(spec, info, attack, tokenizer, test),
             augmentation=EmbeddingMixUp(), mask_config=MaskConfig(), input_space=None,
             collate_fn=collate, primary_metric=primary, spec=spec.to_dict(),
-            nft_overrides=dict(WITHOUT_DISTILLATION),  # the term held BadNL's backdoor (docs/nlp.md)
+            nft_overrides=word_nft_settings(),
         )
+
+
+def word_nft_settings() -> dict:
+    """What text's ``nft`` changes in the core's recipe (docs/nlp.md, "NFT settings of this
+    modality"). Masks on the token table's rows (:func:`word_mask_config`) in [0, 1]
+    (``clamp_alpha`` 0: the depth floor would keep half of a trigger word), trained against three
+    adversarial words placed in every text (``adv_prob`` 1; the augmentation carries them, see
+    ``EmbeddingMixUp.with_adversary``), at rate 0.1 → 0.01, for 300 steps of 32 texts (the
+    budget it was measured with). No clean-view distillation, which held BadNL's backdoor
+    (``WITHOUT_DISTILLATION``). ``nft-reference`` keeps the modality's mask
+    placement, every LayerNorm γ, and none of this."""
+    return {**WITHOUT_DISTILLATION, "masks": word_mask_config().to_dict(), "adv_prob": 1.0,
+            "lr": 0.1, "lr_min": 0.01, "clamp_alpha": 0.0, "steps": 300, "batch_size": 32}
 
 
 modality = NLPModality()

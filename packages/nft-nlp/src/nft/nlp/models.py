@@ -31,6 +31,7 @@ __all__ = [
     "build_classifier",
     "build_seq2seq",
     "ffn_mask_config",
+    "word_mask_config",
     "load_local_model",
     "model_from_config",
     "model_kind",
@@ -216,6 +217,18 @@ FFN_PATTERNS = (
 
 
 NORM_PATTERNS = (r".*(layer_norm|LayerNorm|layernorm_embedding)",)
+
+
+# The token table of each family: one mask per row, i.e. per word (``word_embeddings`` of the
+# encoder classifiers; ``encoder.embed_tokens`` of the seq2seq models, which tie it to the
+# decoder's table and the output layer, so a folded row mask scales those rows too).
+WORD_TABLE_PATTERNS = ("word_embeddings", "encoder.embed_tokens")
+
+
+def word_mask_config() -> MaskConfig:
+    """Masks on the rows of the (encoder's) token table: the default text NFT's masks, trained
+    against the adversarial words of :class:`nft.nlp.AdversarialToken` (docs/nlp.md)."""
+    return MaskConfig(targets=("embedding",), include=WORD_TABLE_PATTERNS)
 
 
 def ffn_mask_config(include_norms: bool = False) -> MaskConfig:
