@@ -56,3 +56,26 @@ def test_purification_under_torchrun(attack_run, tmp_path):
     for key in ("acc", "asr"):
         assert abs(multi["after"][key] - single["after"][key]) <= 0.15
     shutil.rmtree(parent)
+
+
+UNION = """
+from nft.core.distributed import current, init_from_env, union_over_ranks
+info = init_from_env()
+assert info.world_size == 2
+mine = {1, 5} if info.rank == 0 else {5, 7}
+assert union_over_ranks(mine, 10) == {1, 5, 7}
+assert union_over_ranks(set() if info.rank == 0 else {9}, 10) == {9}
+print("union ok", info.rank)
+"""
+
+
+def test_sets_are_pooled_over_ranks(tmp_path):
+    """Text's adversary pools the words each rank has seen, so every rank excludes and holds the
+    same ones."""
+    script = tmp_path / "union.py"
+    script.write_text(UNION)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           "2", str(script)], capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": str(Path(sys.executable).parent)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("union ok") == 2

@@ -6,7 +6,8 @@ here, so a single-process run needs no setup at all:
 * :func:`init_from_env` starts the process group when ``torchrun`` set ``WORLD_SIZE`` > 1
   (``nccl`` on CUDA, ``gloo`` on CPU) and pins each rank to its own GPU;
 * :func:`shard` gives each rank a disjoint slice of a dataset's indices;
-* :func:`all_reduce_sum` / :func:`average_gradients` combine counts and gradients;
+* :func:`all_reduce_sum` / :func:`average_gradients` combine counts and gradients, and
+  :func:`union_over_ranks` sets;
 * :func:`is_main` guards everything that writes files (only rank 0 writes a run folder).
 """
 
@@ -20,7 +21,7 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo", "all_reduce_sum", "average_gradients", "current", "init_from_env", "is_main",
-    "rank_device", "shard",
+    "rank_device", "shard", "union_over_ranks",
 ]
 
 
@@ -81,6 +82,20 @@ def all_reduce_sum(values: list[float], device: torch.device | None = None) -> l
     tensor = torch.tensor(values, dtype=torch.float64, device=backend_device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
+
+
+def union_over_ranks(ids: set[int], size: int, device: torch.device | None = None) -> set[int]:
+    """The union over ranks of a set of integers in ``range(size)`` (itself in one process): for
+    state every rank must agree on, such as the words text's adversary may not choose."""
+    info = current()
+    if not info.distributed:
+        return set(ids)
+    backend_device = device if device is not None and dist.get_backend() == "nccl" else torch.device("cpu")
+    present = torch.zeros(size, dtype=torch.int32, device=backend_device)
+    if ids:
+        present[torch.tensor(sorted(ids), dtype=torch.long, device=backend_device)] = 1
+    dist.all_reduce(present, op=dist.ReduceOp.MAX)
+    return set(present.nonzero().flatten().tolist())
 
 
 def average_gradients(parameters: list[torch.nn.Parameter]) -> None:

@@ -38,6 +38,7 @@ from torch import nn
 from nft.core import ConfigError, Mixed
 from nft.core.adversary import ascend_within
 from nft.core.augment import permute_batch
+from nft.core.distributed import union_over_ranks
 from nft.core.masking import module_mask
 
 __all__ = ["MIX_KEY", "AdversarialToken", "EmbeddingMixUp", "embedding_mix_hooks", "mixing_active",
@@ -145,8 +146,9 @@ class AdversarialToken:
       drove common words' masks to 0 (BadNL: "i" to 0.0 at 5 points of accuracy). Why the
       score is averaged and several words are used at once: one step's gain is noisy (a
       different word won nearly every step), and a backdoor may have several trigger words
-      (docs/nlp.md). ``step`` is unused. In a distributed run each rank excludes the words its
-      own batches showed.
+      (docs/nlp.md). ``step`` is unused. In a distributed run the ranks pool the words they have
+      seen at each step, so all exclude and hold the same words (a word first seen on another
+      rank in the current step is held there only from the next step).
     * ``vocabulary=False``: free embeddings ``δ``, each started at a random row of the table
       and moved by normalised gradient ascent (``step`` of the table's largest row norm per
       step) within that norm.
@@ -229,6 +231,9 @@ class AdversarialToken:
         if self.delta is None or self.delta.grad is None:
             return
         if self.vocabulary:
+            # every rank must exclude (and hold) the same words: the union of what they have seen
+            size = self.table.weight.shape[0]
+            self.seen = union_over_ranks({i for i in self.seen if i < size}, size, self.delta.device)
             with torch.no_grad():
                 gains = self.delta.grad.sum(dim=0) @ self.table.weight.detach().to(self.delta.grad).T
                 if self.score is not None:
