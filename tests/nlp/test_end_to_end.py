@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from nft.core import MaskConfig
 from nft.core.cli import main
@@ -135,9 +136,39 @@ def test_word_masks_find_and_silence_the_trigger_word(tmp_path):
     assert reference.masks == MaskConfig() and reference.adv_prob == 0 and reference.lr == 0.05
 
 
-def test_pixel_space_defenses_refuse_text():
-    """Text has no pixel space: the experiment gives no input space, and a defense that perturbs
-    inputs is refused by the core with a clear error."""
+def test_input_space_defenses_perturb_the_word_embeddings(tmp_path):
+    """I-BAU, AWM and SAU optimise an input-space perturbation; for text the modality's
+    EmbeddingSpace puts it on the encoder's word embeddings. Each runs through the CLI, its
+    perturbation is really optimised (non-zero, and it changes the weights it unlearns with), and
+    the model keeps its accuracy. (On word triggers they remove little; docs/nlp.md.)"""
+    from safetensors.torch import load_file
+
+    run = _backdoored_topics(tmp_path, toy_topics(80, seed=0, fillers=(4, 10)), holdout=150, epochs=40)
+    original = load_file(str(run / "model.safetensors"))
+    settings = {"i-bau": ["--set", "rounds=2", "--set", "steps_per_round=20"],
+                "awm": ["--set", "rounds=4"],
+                "sau": ["--set", "steps=20", "--set", "pgd_steps=3"]}
+    for method, extra in settings.items():
+        out = tmp_path / method
+        assert main(["purify", "--run", str(run), "--out", str(out), "--method", method,
+                     "--clean-per-class", "20", "--no-progress", "--no-plots", *extra]) == 0
+        report = _report(out)
+        assert report["after"]["acc"] >= report["before"]["acc"] - 0.06, (method, report)
+        purified = load_file(str(out / "model.safetensors"))
+        changed = [k for k in original if not torch.equal(original[k], purified[k])]
+        assert changed, method
+        history = report["history"]
+        if method == "i-bau":
+            assert len(history) == 2 and all(h["perturbation_l2"] > 0 for h in history)
+        elif method == "awm":
+            assert history[-1]["mask_mean"] < 1.0 and history[-1]["loss_triggered"] > 0
+        else:
+            assert {"reference_fooled", "loss_shared"} <= set(history[-1])
+
+
+def test_pixel_space_defenses_refuse_a_batch_without_an_input_space():
+    """Without an input space (a user's own purify() call), a defense that perturbs inputs is
+    refused by the core with a clear error instead of running badly."""
     import torch
     from torch import nn
 

@@ -104,8 +104,8 @@ class PurifyConfig(DefenseConfig):
     gradient at every step while the masks move down it, so the masks learn to ignore the
     change that most easily flips the model (a trigger, if the model has one). 0 turns it off
     (the default); ``nft-adv`` sets 0.5, with ``adv_eps=0.04`` and ``distill_weight=2``. It needs the modality's input space, or an
-    augmentation that mixes inside the model and offers ``with_adversary(prob=, step=)`` (text:
-    an adversarial token embedding, ``nft.nlp.AdversarialToken``). On converged
+    augmentation that mixes inside the model and offers ``with_adversary(prob=, step=)``, which
+    then takes its place (text: adversarial real words, ``nft.nlp.AdversarialToken``). On converged
     Fashion-MNIST models ``nft-adv`` removed backdoors NFT misses (SIG on half the target class
     27.4 → 3.0 % ASR, SIG 11.2 → 2.5 %, CLB 14.1 → 5.4 %, the demo's BadNets 8.0 → 2.0 %) at 2
     to 9 points of clean accuracy (benchmarks/results/ablation.md), so it is not the default."""
@@ -397,9 +397,10 @@ class Purifier:
     def _adversary(self, input_space: InputSpace | None) -> UniversalAdversary | None:
         if self.config.adv_prob == 0:
             return None
-        if input_space is None and hasattr(self.augmentation, "with_adversary"):
+        if hasattr(self.augmentation, "with_adversary"):
             # mixing inside the model (text embeddings): the augmentation carries its own
-            # adversarial input in the space it mixes in
+            # adversarial input (text: real words), which takes the place of a pattern added in
+            # the input space
             self.augmentation = self.augmentation.with_adversary(
                 prob=self.config.adv_prob, step=self.config.adv_step)
             return None
@@ -407,7 +408,7 @@ class Purifier:
             raise ConfigError(
                 f"adv_prob={self.config.adv_prob} adds a universal adversarial pattern to the inputs, "
                 "which needs the modality's input space (its shape, bounds and pixel scale), and none "
-                "was given; pass input_space= to purify(), or set adv_prob=0 (text has no input space)")
+                "was given; pass input_space= to purify(), or set adv_prob=0")
         return UniversalAdversary(input_space, prob=self.config.adv_prob, eps=self.config.adv_eps,
                                   step=self.config.adv_step, device=self.device)
 

@@ -13,8 +13,8 @@ sizes). A run folder holds the model (``model.safetensors`` + ``model_config.jso
 tokenizer (``tokenizer/``, JSON); the data of a run is a function of its spec and is re-read
 from the dataset files when the run is loaded.
 
-Text has no pixel space (``input_space`` is ``None``): defenses that optimise an input-space
-perturbation refuse these experiments through the core. NFT on text masks the rows of the token
+Text has no pixel space: defenses that optimise an input-space perturbation (I-BAU, AWM, SAU)
+perturb the encoder's word embeddings instead (``input_space`` is an :class:`EmbeddingSpace`). NFT on text masks the rows of the token
 table against adversarial words (:func:`word_nft_settings`); ``nft-reference`` keeps the paper's
 LayerNorm γ masks.
 """
@@ -69,6 +69,7 @@ from .models import (
     register_text_mask_targets,
     word_mask_config,
 )
+from .space import EmbeddingSpace
 from .tasks import ClassificationCollate, Seq2SeqCollate, Seq2SeqTask, TextClassificationTask
 from .tokenization import EncodedPairs, EncodedTexts, load_tokenizer, train_tokenizer
 from .training import TextTrainConfig, train_text_model
@@ -365,7 +366,8 @@ class NLPModality(Modality):
         return Experiment(
             model=model, task=task, defender_pool=defender, pool_labels=defender.labels,
             evaluate=self._evaluator(spec, info, attack, tokenizer, test),
-            augmentation=EmbeddingMixUp(), mask_config=MaskConfig(), input_space=None,
+            augmentation=EmbeddingMixUp(), mask_config=MaskConfig(),
+            input_space=EmbeddingSpace.of(model, defender.max_length),
             collate_fn=collate, primary_metric=primary, spec=spec.to_dict(),
             nft_overrides=word_nft_settings(),
         )

@@ -22,7 +22,8 @@ from torch import nn
 
 from nft.core import ClassificationTask, DataError
 
-from .augment import MIX_KEY, mixing_active, embedding_mix_hooks
+from .augment import MIX_KEY, embedding_mix_hooks, mixing_active
+from .space import PERTURB_KEY, perturbation_hook
 
 __all__ = ["ClassificationCollate", "Seq2SeqCollate", "Seq2SeqTask", "TextClassificationTask", "pad"]
 
@@ -88,12 +89,17 @@ class Seq2SeqCollate:
 
 def _call(model: nn.Module, inputs: Mapping[str, Any]):
     """Call ``model(**inputs)``; a batch mixed by EmbeddingMixUp outside its ``hooks()`` context
-    (e.g. a defense that does not install augmentation hooks) gets them for this call only."""
+    (e.g. a defense that does not install augmentation hooks) gets them for this call only, and
+    so does a batch carrying an embedding-space perturbation (``nft.nlp.space``)."""
     if not isinstance(inputs, Mapping):
         raise DataError(
             f"text models take a dict batch (input_ids, attention_mask, …), got {type(inputs).__name__}; "
             "use the modality's collate function"
         )
+    if PERTURB_KEY in inputs:  # an embedding-space perturbation (EmbeddingSpace.perturb)
+        inputs = dict(inputs)
+        with perturbation_hook(model, inputs.pop(PERTURB_KEY)):
+            return _call(model, inputs)
     if MIX_KEY in inputs and not mixing_active(model):
         with embedding_mix_hooks(model):
             return model(**inputs)

@@ -122,6 +122,8 @@ class EncodedTexts(Dataset):
 
     def __init__(self, texts: Sequence[str], labels: Sequence[int], tokenizer, *, max_length: int = 128):
         self.ids = _encode(tokenizer, texts, max_length)
+        self.max_length = int(max_length)
+        """The longest input (tokens) an item can have."""
         self.labels = np.asarray(labels, dtype=np.int64)
         if len(self.ids) != len(self.labels):
             raise DataError(f"{len(self.ids)} texts but {len(self.labels)} labels")
@@ -149,6 +151,8 @@ class EncodedPairs(Dataset):
                  max_source: int = 64, max_target: int = 64):
         self.source_ids = _encode(tokenizer, sources, max_source)
         self.target_ids = _encode(tokenizer, targets, max_target)
+        self.max_length = int(max_source)
+        """The longest model input (source tokens) an item can have."""
         if len(self.source_ids) != len(self.target_ids):
             raise DataError(f"{len(self.source_ids)} sources but {len(self.target_ids)} targets")
         self.labels = length_buckets(sources)

@@ -272,23 +272,10 @@ def choose_threshold(
 
 # ---- input space -----------------------------------------------------------------------------
 def pixel_scale(space: InputSpace, like: torch.Tensor) -> torch.Tensor:
-    """``space.scale`` as a tensor broadcastable to one sample: model units per pixel unit."""
+    """``space.scale`` as a tensor broadcastable to one sample (on ``like``'s device and dtype):
+    model units per pixel unit."""
     scale = torch.as_tensor(space.scale, dtype=like.dtype, device=like.device)
     return scale
-
-
-def sample_shape(space: InputSpace, inputs: torch.Tensor) -> tuple[int, ...]:
-    """One sample's shape, checked against the clean batch (a clear error if they disagree)."""
-    return space.sample_shape(inputs)
-
-
-def require_tensor_inputs(inputs: Any, defense: str) -> torch.Tensor:
-    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
-        raise ConfigError(
-            f"defense {defense!r} adds a perturbation to the inputs, which must be floating-point "
-            f"tensors; this modality's batches are {type(inputs).__name__}. Choose another defense"
-        )
-    return inputs
 
 
 # ---- model anatomy: the head and depth-spread feature maps ------------------------------------

@@ -125,8 +125,8 @@ class AWM(Defense):
                 delta, step = self._trigger(net, batches, step, context)
                 for _ in range(cfg.steps_per_round):
                     inputs, targets, _, _ = batches.get(step)
-                    scale = C.pixel_scale(space, inputs)
-                    triggered = space.clamp(inputs + delta * scale)
+                    scale = C.pixel_scale(space, delta)
+                    triggered = space.clamp(space.perturb(inputs, delta * scale))
                     loss_rob = task.loss(task.forward(net, triggered), targets)
                     loss_nat = task.loss(task.forward(net, inputs), targets)
                     loss = cfg.alpha * loss_nat + (1 - cfg.alpha) * loss_rob + cfg.gamma * _l1(mask_list)
@@ -156,15 +156,14 @@ class AWM(Defense):
         delta = None
         for _ in range(cfg.steps_per_round):
             inputs, _, _, _ = batches.get(step)
-            inputs = C.require_tensor_inputs(inputs, self.name)
             if delta is None:
-                shape = C.sample_shape(space, inputs)
-                delta = torch.zeros((1, *shape), device=inputs.device, requires_grad=True)
+                shape = space.sample_shape(inputs)
+                delta = torch.zeros((1, *shape), device=C.device_of(cfg), requires_grad=True)
                 opt = torch.optim.SGD([delta], lr=cfg.trigger_lr)
-            scale = C.pixel_scale(space, inputs)
+            scale = C.pixel_scale(space, delta)
             with torch.no_grad():
                 own = C.predicted_targets(task, task.forward(net, inputs))
-            loss = -task.loss(task.forward(net, inputs + delta * scale), own)
+            loss = -task.loss(task.forward(net, space.perturb(inputs, delta * scale)), own)
             opt.zero_grad(set_to_none=True)
             loss.backward(inputs=[delta])
             opt.step()

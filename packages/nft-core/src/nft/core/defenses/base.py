@@ -33,6 +33,12 @@ class InputSpace:
     sample; for normalised images they are the normalised images of 0 and 1); ``shape`` is one
     sample's shape; ``scale`` converts a budget given in raw units (pixels in [0, 1]) into
     model-input units (1 / std for normalised images).
+
+    The defenses that optimise a perturbation (I-BAU, AWM, SAU, NFT's universal pattern) reach
+    the inputs only through :meth:`sample_shape`, :meth:`batch_size`, :meth:`perturb`,
+    :meth:`clamp` and :meth:`concat`. Here the perturbation is added to the input tensor; a
+    modality whose perturbation lives inside the model overrides them (text adds it to the
+    word embeddings: ``nft.nlp.EmbeddingSpace``).
     """
 
     shape: tuple[int, ...]
@@ -40,8 +46,14 @@ class InputSpace:
     upper: torch.Tensor | float = 1.0
     scale: torch.Tensor | float = 1.0
 
-    def sample_shape(self, inputs: torch.Tensor) -> tuple[int, ...]:
+    def sample_shape(self, inputs: Any) -> tuple[int, ...]:
         """One sample's shape, checked against a batch (a clear error if they disagree)."""
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+            raise ConfigError(
+                f"an input-space perturbation is added to the inputs, which must be floating-point "
+                f"tensors; this modality's batches are {type(inputs).__name__}, so its input space "
+                "must say how a perturbation reaches them (override InputSpace.perturb)"
+            )
         shape = tuple(self.shape)
         if tuple(inputs.shape[1:]) != shape:
             raise ConfigError(
@@ -50,10 +62,22 @@ class InputSpace:
             )
         return shape
 
-    def clamp(self, inputs: torch.Tensor) -> torch.Tensor:
+    def batch_size(self, inputs: Any) -> int:
+        return int(inputs.shape[0])
+
+    def perturb(self, inputs: Any, delta: torch.Tensor) -> Any:
+        """The batch carrying ``delta`` (model units, shape ``(1 or batch, *shape)``)."""
+        return inputs + delta
+
+    def clamp(self, inputs: Any) -> Any:
+        """The batch with its values within ``lower`` / ``upper``."""
         lower = torch.as_tensor(self.lower, dtype=inputs.dtype, device=inputs.device)
         upper = torch.as_tensor(self.upper, dtype=inputs.dtype, device=inputs.device)
         return torch.maximum(torch.minimum(inputs, upper), lower)
+
+    def concat(self, first: Any, second: Any) -> Any:
+        """One batch of ``first``'s samples followed by ``second``'s (one forward pass for both)."""
+        return torch.cat([first, second])
 
 
 @dataclass
@@ -64,7 +88,8 @@ class DefenseContext:
     augmentation: Augmentation | None = None
     """The modality's mixing augmentation (NFT); ``None`` means the config's MixUp."""
     input_space: InputSpace | None = None
-    """Set by modalities whose inputs can carry an additive perturbation (images, clips, points)."""
+    """Set by modalities whose inputs can carry an additive perturbation (pixels of images and
+    clips, point coordinates, text's word embeddings)."""
     callbacks: Sequence[Any] = ()
     collate_fn: Callable[[list], Any] | None = None
     samples_per_class: float | None = None
@@ -100,9 +125,9 @@ class Defense(ABC):
         """Raise if this defense cannot run in the given context."""
         if self.needs_input_space and context.input_space is None:
             raise ConfigError(
-                f"defense {self.name!r} optimises an input-space perturbation, and this modality "
-                "gives no input space (for text, the perturbation would live in embedding space, "
-                "which this defense does not support); choose another defense"
+                f"defense {self.name!r} optimises an input-space perturbation, and no input space "
+                "was given (the modality's experiment, or purify(input_space=...), supplies where "
+                "the perturbation lives); pass one or choose another defense"
             )
 
     def gentler(self) -> Defense | None:

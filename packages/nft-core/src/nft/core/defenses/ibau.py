@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import Dataset
 
 from ..config import DefenseConfig
@@ -97,14 +98,18 @@ class IBAU(Defense):
         batches = C.make_batches(clean, cfg.batch_size, cfg.seed, device, context.collate_fn)
         total = cfg.rounds * cfg.steps_per_round
         history = []
-        with C.seeded_run(device, cfg.seed), C.bar(total, self.name, cfg.progress) as pbar:
+        # the hypergradient differentiates through a gradient, and the fused attention kernels
+        # have no double backward (transformers' text models use them): the math kernel has
+        with C.seeded_run(device, cfg.seed), sdpa_kernel(SDPBackend.MATH), \
+                C.bar(total, self.name, cfg.progress) as pbar:
             for r in range(cfg.rounds):
                 ids = [r * cfg.steps_per_round + i for i in range(cfg.steps_per_round)]
                 delta = self._perturbation(model, batches, ids, context)
                 for step in ids:
                     inputs, targets, _, generator = batches.get(step)
-                    scale = C.pixel_scale(space, inputs)
-                    loss = self._hypergradient(model, params, inputs, targets, delta, scale, generator, task)
+                    scale = C.pixel_scale(space, delta)
+                    loss = self._hypergradient(model, params, inputs, targets, delta, scale, generator,
+                                               task, space)
                     C.check_finite(loss, self.name, step)
                     outer_opt.step()
                     outer_opt.zero_grad(set_to_none=True)
@@ -123,36 +128,35 @@ class IBAU(Defense):
         with C.frozen(model):
             for step in ids:
                 inputs, _, _, _ = batches.get(step)
-                inputs = C.require_tensor_inputs(inputs, self.name)
                 if delta is None:
-                    shape = C.sample_shape(space, inputs)
-                    delta = torch.zeros((1, *shape), device=inputs.device, requires_grad=True)
+                    shape = space.sample_shape(inputs)
+                    delta = torch.zeros((1, *shape), device=C.device_of(cfg), requires_grad=True)
                     opt = torch.optim.SGD([delta], lr=cfg.perturbation_lr)
-                scale = C.pixel_scale(space, inputs)
+                scale = C.pixel_scale(space, delta)
                 with torch.no_grad():
                     own = C.predicted_targets(task, task.forward(model, inputs))
-                loss = -task.loss(task.forward(model, inputs + delta * scale), own)
+                loss = -task.loss(task.forward(model, space.perturb(inputs, delta * scale)), own)
                 loss = loss + cfg.perturbation_reg * delta.pow(2).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         return delta.detach()
 
-    def _hypergradient(self, model, params, inputs, targets, delta, scale, generator, task) -> float:
+    def _hypergradient(self, model, params, inputs, targets, delta, scale, generator, task, space) -> float:
         """Set ``p.grad`` of every weight to I-BAU's implicit hypergradient on this batch."""
         cfg: IBAUConfig = self.config
-        n = inputs.shape[0]
+        n = space.batch_size(inputs)
         count = max(1, int(n * cfg.portion))
-        chosen = torch.randperm(n, generator=generator)[:count].to(inputs.device)
-        patch_rows = torch.zeros(n, device=inputs.device, dtype=inputs.dtype)
+        chosen = torch.randperm(n, generator=generator)[:count].to(delta.device)
+        patch_rows = torch.zeros(n, device=delta.device, dtype=delta.dtype)
         patch_rows[chosen] = 1.0
-        patch_rows = patch_rows.view(n, *([1] * (inputs.ndim - 1)))
+        patch_rows = patch_rows.view(n, *([1] * (delta.ndim - 1)))
 
         def outer_loss(d: torch.Tensor) -> torch.Tensor:
-            return task.loss(task.forward(model, inputs + patch_rows * d * scale), targets)
+            return task.loss(task.forward(model, space.perturb(inputs, patch_rows * d * scale)), targets)
 
         def fixed_point_map(d: torch.Tensor) -> torch.Tensor:  # one inner gradient step on δ
-            inner = -task.loss(task.forward(model, inputs + d * scale), targets)
+            inner = -task.loss(task.forward(model, space.perturb(inputs, d * scale)), targets)
             inner = inner + cfg.perturbation_reg * d.pow(2).sum()
             (g,) = torch.autograd.grad(inner, d, create_graph=True)
             return d - cfg.inner_lr * g

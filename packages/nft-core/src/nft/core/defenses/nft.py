@@ -36,7 +36,7 @@ class NFTDefense(Defense):
                 and not hasattr(context.augmentation, "with_adversary")):
             raise ConfigError(
                 f"{self.name} with adv_prob={self.config.adv_prob} adds a universal adversarial "
-                "pattern to the inputs, and this modality gives no input space (text has none); "
+                "pattern to the inputs, and this modality gives no input space; "
                 "set adv_prob=0 or choose nft")
 
     def gentler(self) -> NFTDefense | None:

@@ -109,17 +109,18 @@ class SAU(Defense):
                 for group in opt.param_groups:
                     group["lr"] = C.cosine(cfg.lr, step, cfg.steps)
                 inputs, targets, _, _ = batches.get(step)
-                inputs = C.require_tensor_inputs(inputs, self.name)
-                C.sample_shape(context.input_space, inputs)
+                space = context.input_space
+                shape = space.sample_shape(inputs)
                 if not (isinstance(targets, torch.Tensor) and targets.ndim == 1 and not targets.is_floating_point()):
                     raise ConfigError("SAU compares class labels, so it needs a classification clean set "
                                       "(integer labels); choose another defense for this task")
-                scale = C.pixel_scale(context.input_space, inputs)
-                delta = self._shared_pgd(model, reference, inputs, targets, scale, context)
-                perturbed = inputs + delta * scale
+                n = space.batch_size(inputs)
+                scale = C.pixel_scale(space, torch.zeros((), device=targets.device))
+                delta = self._shared_pgd(model, reference, inputs, targets, scale, context, (n, *shape))
+                perturbed = space.perturb(inputs, delta * scale)
                 model.train(cfg.train_mode)
                 logits, adv_logits = C.tensor_outputs(
-                    context.task.forward(model, torch.cat([inputs, perturbed]))).split(inputs.shape[0])
+                    context.task.forward(model, space.concat(inputs, perturbed))).split(n)
                 model.eval()
                 with torch.no_grad():
                     ref_clean = C.tensor_outputs(context.task.forward(reference, inputs)).argmax(1)
@@ -133,7 +134,7 @@ class SAU(Defense):
                     pos = (probs * hot).sum(1)[fooled_ref]
                     neg = (probs * (1 - hot)).sum(1)[fooled_ref]
                     loss_shared = (-torch.log(1e-6 + neg.clamp(max=0.999)).sum()
-                                   - torch.log(1 + 1e-6 - pos.clamp(min=0.001)).sum()) / 2 / inputs.shape[0]
+                                   - torch.log(1 + 1e-6 - pos.clamp(min=0.001)).sum()) / 2 / n
                 else:
                     loss_shared = torch.zeros((), device=device)
                 loss = cfg.lambda1 * loss_clean + cfg.lambda2 * loss_adv + cfg.lambda3 * loss_shared
@@ -149,25 +150,26 @@ class SAU(Defense):
         model.eval()
         return DefenseOutcome(model=model, history=history)
 
-    def _shared_pgd(self, model, reference, inputs, targets, scale, context) -> torch.Tensor:
-        """Per-sample perturbations (pixel units) fooling both models towards a shared label."""
+    def _shared_pgd(self, model, reference, inputs, targets, scale, context, shape) -> torch.Tensor:
+        """Per-sample perturbations (pixel units, ``shape`` = (batch, *sample)) fooling both
+        models towards a shared label."""
         cfg: SAUConfig = self.config
-        task = context.task
-        n = inputs.shape[0]
+        task, space = context.task, context.input_space
+        n = shape[0]
         with torch.no_grad():
             own = C.tensor_outputs(task.forward(model, inputs)).argmax(1)
             own_ref = C.tensor_outputs(task.forward(reference, inputs)).argmax(1)
-        delta = torch.full_like(inputs, cfg.bound)  # init "max", inside the L∞ ball
+        delta = torch.full(shape, cfg.bound, device=targets.device)  # init "max", inside the L∞ ball
         with C.frozen(model):
             for _ in range(cfg.pgd_steps):
                 delta.requires_grad_(True)
-                x = inputs + delta * scale
+                x = space.perturb(inputs, delta * scale)
                 logits = C.tensor_outputs(task.forward(model, x))
                 logits_ref = C.tensor_outputs(task.forward(reference, x))
                 label, label_ref = logits.argmax(1), logits_ref.argmax(1)
                 fooled, fooled_ref = label != own, label_ref != own_ref
                 shared = fooled & fooled_ref & (label == label_ref)
-                loss_adv = torch.zeros((), device=inputs.device)
+                loss_adv = torch.zeros((), device=targets.device)
                 if (~fooled).any():
                     loss_adv = loss_adv + F.cross_entropy(logits, targets, reduction="none")[~fooled].sum()
                 if (~fooled_ref).any():
