@@ -62,6 +62,15 @@ def test_translation_backdoor_and_purification(tmp_path):
     again = json.loads((tmp_path / "m.json").read_text())
     assert again["asr"] == pytest.approx(report["after"]["asr"])
 
+    # AWM's universal trigger lives on the encoder's word embeddings here (EmbeddingSpace); with
+    # masks on every linear weight it removed this toy backdoor on seeds 0, 1 and 2 (0.0 % ASR,
+    # BLEU 95.6–100)
+    assert main(["purify", "--run", str(run), "--out", str(tmp_path / "awm"), "--method", "awm",
+                 "--set", "rounds=2", "--clean-count", "20", "--no-progress", "--no-plots"]) == 0
+    awm = _report(tmp_path / "awm")
+    assert awm["after"]["asr"] <= 0.10, awm
+    assert awm["after"]["bleu"] >= awm["before"]["bleu"] - 0.05, awm
+
 
 def _backdoored_topics(tmp_path, topics, *, holdout: int, epochs: int) -> Path:
     """A tiny BERT on the toy topics with the word trigger "cf"; the backdoor must take hold."""

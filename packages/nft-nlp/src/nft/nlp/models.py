@@ -199,10 +199,20 @@ def model_from_config(data: dict) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a core ``MaskedModel`` (which forwards calls but has no ``generate``)."""
+    """The text model inside the core's wrappers: a ``MaskedModel`` (which forwards calls but has
+    no ``generate``) and the functional overrides through which AWM, ANP and RNP call a model
+    with masked weights. Both keep the model as ``.model``; a text model has a transformers
+    ``config`` or names its tables itself (``nft_word_embeddings``)."""
     from nft.core import MaskedModel
 
-    return model.model if isinstance(model, MaskedModel) else model
+    while True:
+        if isinstance(model, MaskedModel):
+            model = model.model
+        elif (not hasattr(model, "config") and not hasattr(model, "nft_word_embeddings")
+              and isinstance(getattr(model, "model", None), nn.Module)):
+            model = model.model
+        else:
+            return model
 
 
 # ---- masks -----------------------------------------------------------------------------------
