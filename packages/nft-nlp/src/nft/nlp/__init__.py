@@ -39,6 +39,7 @@ from .models import (
     register_text_mask_targets,
     word_mask_config,
 )
+from .space import EmbeddingSpace
 from .tasks import ClassificationCollate, Seq2SeqCollate, Seq2SeqTask, TextClassificationTask
 from .tokenization import EncodedPairs, EncodedTexts, train_tokenizer
 from .training import TextTrainConfig, train_text_model
@@ -52,6 +53,7 @@ __all__ = [
     "BadNL",
     "ClassificationCollate",
     "EmbeddingMixUp",
+    "EmbeddingSpace",
     "EncodedPairs",
     "EncodedTexts",
     "LabelledTexts",

@@ -34,11 +34,11 @@ class InputSpace:
     sample's shape; ``scale`` converts a budget given in raw units (pixels in [0, 1]) into
     model-input units (1 / std for normalised images).
 
-    The defenses that optimise a perturbation (I-BAU, AWM, SAU, NFT's universal pattern) reach
-    the inputs only through :meth:`sample_shape`, :meth:`batch_size`, :meth:`perturb`,
-    :meth:`clamp` and :meth:`concat`. Here the perturbation is added to the input tensor; a
-    modality whose perturbation lives inside the model overrides them (text adds it to the
-    word embeddings: ``nft.nlp.EmbeddingSpace``).
+    The defenses that optimise a perturbation (I-BAU, AWM, SAU) reach the inputs only through
+    :meth:`sample_shape`, :meth:`batch_size`, :meth:`perturb`, :meth:`clamp` and :meth:`concat`.
+    Here the perturbation is added to the input tensor; a modality whose perturbation lives
+    inside the model overrides them (text adds it to the word embeddings:
+    ``nft.nlp.EmbeddingSpace``). NFT's own pattern (``nft.core.adversary``) needs tensor batches.
     """
 
     shape: tuple[int, ...]
