@@ -14,9 +14,9 @@ tokenizer (``tokenizer/``, JSON); the data of a run is a function of its spec an
 from the dataset files when the run is loaded.
 
 Text has no pixel space: defenses that optimise an input-space perturbation (I-BAU, AWM, SAU)
-perturb the encoder's word embeddings instead (``input_space`` is an :class:`EmbeddingSpace`). NFT on text masks the rows of the token
-table against adversarial words (:func:`word_nft_settings`); ``nft-reference`` keeps the paper's
-LayerNorm γ masks.
+perturb the encoder's word embeddings instead (``input_space`` is an :class:`EmbeddingSpace`).
+NFT on text masks the rows of the token table against adversarial words
+(:func:`word_nft_settings`); ``nft-reference`` keeps the paper's LayerNorm γ masks.
 """
 
 from __future__ import annotations
