@@ -5,7 +5,7 @@ from torch import nn
 
 from nft.core import Experiment, inject_masks
 from nft.core.runs import defense_config
-from nft.vision.modality import SHALLOW_MODEL_SETTINGS
+from nft.vision.modality import nft_overrides_for
 from nft.vision.models import ModelSpec, build_model, default_mask_config
 
 
@@ -13,7 +13,7 @@ def _experiment(name: str) -> Experiment:
     # what VisionModality.load_experiment gives the NFT family for a model of this family
     return Experiment(model=nn.Identity(), task=None, defender_pool=[], evaluate=lambda m: {},
                       mask_config=default_mask_config(name),
-                      nft_overrides=SHALLOW_MODEL_SETTINGS.get(name, {}))
+                      nft_overrides=nft_overrides_for(name))
 
 
 def test_preactresnet_masks_are_the_references_16_block_bns_for_every_nft_variant():
@@ -35,3 +35,12 @@ def test_the_reference_preset_ignores_a_modalitys_settings_but_not_its_masks():
     reference = defense_config("nft-reference", small)
     assert reference.clamp is True and reference.lr == 0.05 and reference.pattern_prob == 0  # the reference
     assert defense_config("nft-no-patterns", small).clamp is False  # ablations share nft's settings
+
+
+def test_nft_on_images_stamps_searched_patches_and_the_reference_does_not():
+    for method in ("nft", "nft-adv", "nft-no-patterns"):
+        config = defense_config(method, _experiment("preactresnet18"))
+        assert config.adv_patch_prob == 0.5 and config.adv_patch_clip == 1.0
+    assert defense_config("nft-adv", _experiment("preactresnet18")).adv_prob == 0.5  # nft plus the pattern
+    reference = defense_config("nft-reference", _experiment("preactresnet18"))
+    assert reference.adv_patch_prob == 0

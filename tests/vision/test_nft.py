@@ -58,7 +58,7 @@ def test_nft_removes_badnets(badnets):
 
 def test_without_random_patterns_the_backdoor_stays(badnets):
     before, experiment, clean = badnets
-    _, after = _nft(experiment, clean, pattern_prob=0.0, steps=300)
+    _, after = _nft(experiment, clean, pattern_prob=0.0, adv_patch_prob=0.0, steps=300)
     assert after["asr"] >= 0.9, (before, after)
 
 
@@ -67,7 +67,19 @@ def test_the_adversarial_pattern_alone_removes_what_mixup_alone_keeps(badnets):
     moved up the loss at every step finds the patch's neurons and the masks learn to ignore it.
     Measured when written: MixUp alone 82.8 % / 100 %, with the pattern 79.3 % / 3.1 %."""
     before, experiment, clean = badnets
-    result, after = _nft(experiment, clean, pattern_prob=0.0, steps=300, adv_prob=0.5)
+    result, after = _nft(experiment, clean, pattern_prob=0.0, adv_patch_prob=0.0, steps=300, adv_prob=0.5)
     assert after["asr"] <= 0.10, (before, after)
     assert after["acc"] >= before["acc"] - 0.10, (before, after)
     assert 0 < result.history[-1]["adv_rms"] <= 0.05 + 1e-6
+
+
+def test_the_searched_patches_alone_find_the_trigger_corner_and_remove_what_mixup_alone_keeps(badnets):
+    """No random patterns: the patch search on the first clean batch puts its best boxes where
+    the 3 × 3 BadNets trigger is (the bottom-right corner of the 28 × 28 image), and stamping
+    them, labels unchanged, removes the backdoor MixUp alone keeps."""
+    before, experiment, clean = badnets
+    result, after = _nft(experiment, clean, pattern_prob=0.0, steps=300)
+    top, left, loss = result.history[-1]["adv_patches"][0]
+    assert top >= 23 and left >= 23 and loss > 1.0, result.history[-1]["adv_patches"]
+    assert after["asr"] <= 0.10, (before, after)
+    assert after["acc"] >= before["acc"] - 0.10, (before, after)

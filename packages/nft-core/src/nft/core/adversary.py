@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
@@ -28,7 +29,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .defenses.base import InputSpace
 
-__all__ = ["UniversalAdversary", "ascend_within"]
+__all__ = ["PatchAdversary", "UniversalAdversary", "ascend_within", "patch_positions"]
 
 
 @torch.no_grad()
@@ -105,3 +106,159 @@ class UniversalAdversary:
     def rms(self) -> float:
         """δ's root-mean-square value per element, in raw input units."""
         return float(self.delta.detach().pow(2).mean().sqrt())
+
+    def summary(self) -> dict:
+        """What the purification's history records of this adversary after each round."""
+        return {"adv_rms": self.rms()}
+
+    def state_dict(self) -> dict:
+        return {"delta": self.delta.detach().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.delta.copy_(state["delta"])
+
+
+def patch_positions(length: int, side: int, stride: int) -> list[int]:
+    """Offsets of a box of ``side`` along an axis of ``length``, every ``stride``, the far edge
+    always included (patch triggers usually sit in a corner)."""
+    return sorted(set(range(0, length - side + 1, stride)) | {length - side})
+
+
+class PatchAdversary:
+    """The few small patches that most change the model's answers, found once, then stamped on
+    a share of the samples with their own labels.
+
+    Why: a patch trigger (BadNets, TrojanNN, a video corner patch) drives a few channels that
+    clean data, mixed or noised, almost never wakes (measured: random noise boxes sent 3 % of the
+    demo's clean images to the BadNets target, against 1 % unperturbed), so NFT's masks get
+    little gradient to turn them down. An additive universal pattern finds it, but spread over
+    the whole input it also finds the model's natural universal perturbations, and the masks pay
+    for ignoring those in clean accuracy. A patch is a far smaller search space: a backdoored
+    model has one place where a few pixels send every input to its target, and a clean model has
+    none, so the search finds the trigger (on the demo's BadNets model every one of the four
+    best 3 × 3 boxes was in a bottom corner and sent all the non-target images to the target;
+    the median box, 5 %).
+
+    The search (:meth:`search`, on one batch of clean samples, before the first step): a box of
+    ``side`` pixels at every position of a grid (stride ``side − 1``, edges included), its
+    content started at random within the input bounds and moved ``iters`` signed-gradient steps
+    up the task's loss; of the ``count`` boxes with the highest loss, those whose loss is at
+    least ``ratio`` times the median box's are kept, with their contents. A model without a
+    patch trigger has no such box (the median is what any small occlusion does), and then
+    nothing is stamped: stamping natural patches bought nothing and, with the clipping that
+    stamping needs, left more of the WaNet and ISSBA backdoors. During the purification each
+    sample is stamped, with probability ``prob``, with one of the kept patches (drawn per
+    sample); the contents stay fixed, so the masks learn to answer the trigger's place and look
+    as the clean model answers the sample without it.
+    """
+
+    def __init__(self, space: InputSpace, *, prob: float, size: float, count: int, ratio: float = 4.0,
+                 iters: int = 2, samples: int = 32) -> None:
+        if not 0 < prob <= 1:
+            raise ConfigError(f"the adversarial patches' share must be in (0, 1], got {prob}")
+        if not 0 < size < 1 or count < 1 or ratio < 1 or iters < 0 or samples < 1:
+            raise ConfigError(f"the adversarial patches need 0 < size < 1, count ≥ 1, ratio ≥ 1, iters ≥ 0 "
+                              f"and samples ≥ 1, got {size}, {count}, {ratio}, {iters}, {samples}")
+        if len(space.shape) < 3:
+            raise ConfigError(f"adversarial patches need samples with two spatial dimensions last "
+                              f"(images, clips), and the input space's shape is {tuple(space.shape)}; "
+                              "set adv_kind=pattern")
+        self.space, self.prob, self.count, self.ratio = space, float(prob), int(count), float(ratio)
+        self.iters, self.samples = int(iters), int(samples)
+        height, width = space.shape[-2:]
+        self.side = max(2, round(size * min(height, width)))
+        self.delta = None  # nothing moves during the purification: the loop has nothing to ascend
+        self.boxes: list[tuple[int, int]] = []
+        self.scores: list[float] = []
+        self.typical = 0.0  # the median box's loss: what a patch without a trigger does
+        self.contents: torch.Tensor | None = None
+
+    @property
+    def searched(self) -> bool:
+        return self.contents is not None
+
+    def _bounds(self, like: torch.Tensor, top: int, left: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = tuple(self.space.shape)
+        box = (..., slice(top, top + self.side), slice(left, left + self.side))
+        lower = torch.broadcast_to(torch.as_tensor(self.space.lower, dtype=like.dtype, device=like.device), shape)
+        upper = torch.broadcast_to(torch.as_tensor(self.space.upper, dtype=like.dtype, device=like.device), shape)
+        return lower[box], upper[box]
+
+    def _stamp(self, inputs: torch.Tensor, top: int, left: int, content: torch.Tensor) -> torch.Tensor:
+        out = inputs.clone()
+        out[..., top:top + self.side, left:left + self.side] = content
+        return out
+
+    def search(self, model: torch.nn.Module, task, inputs: torch.Tensor, targets, generator: torch.Generator) -> None:
+        """Find the ``count`` boxes of highest loss on (up to ``samples`` of) a clean batch; the
+        model's parameters get no gradient."""
+        if not isinstance(inputs, torch.Tensor):
+            raise ConfigError(f"adversarial patches need tensor batches, got {type(inputs).__name__}; "
+                              "set adv_prob=0")
+        self.space.sample_shape(inputs)
+        n = min(self.samples, inputs.shape[0])
+        x, y = inputs[:n].detach(), targets[:n] if isinstance(targets, torch.Tensor) else targets
+        height, width = x.shape[-2:]
+        stride = max(1, self.side - 1)
+        found = []
+        for top in patch_positions(height, self.side, stride):
+            for left in patch_positions(width, self.side, stride):
+                lower, upper = self._bounds(x, top, left)
+                noise = torch.rand(lower.shape, generator=generator).to(x)
+                content = lower + (upper - lower) * noise
+                for _ in range(self.iters):
+                    content.requires_grad_(True)
+                    loss = task.loss(task.forward(model, self._stamp(x, top, left, content)), y)
+                    (grad,) = torch.autograd.grad(loss, content)
+                    with torch.no_grad():
+                        content = torch.maximum(torch.minimum(
+                            content + 0.25 * (upper - lower) * grad.sign(), upper), lower)
+                with torch.no_grad():
+                    score = float(task.loss(task.forward(model, self._stamp(x, top, left, content)), y))
+                found.append((score, top, left, content.detach()))
+        found.sort(key=lambda item: -item[0])
+        self.typical = float(np.median([score for score, *_ in found]))
+        best = [item for item in found[: self.count] if item[0] >= self.ratio * self.typical]
+        self.scores = [score for score, *_ in best]
+        self.boxes = [(top, left) for _, top, left, _ in best]
+        self.contents = (torch.stack([content for *_, content in best]) if best
+                         else x.new_zeros((0, *x.shape[1:-2], self.side, self.side)))
+
+    def perturb(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``inputs`` with a ``prob`` share of the samples stamped with one found patch each."""
+        if not self.searched:
+            raise ConfigError("the adversarial patches were not searched yet; call search() first")
+        if not isinstance(inputs, torch.Tensor):
+            raise ConfigError(f"adversarial patches need tensor batches, got {type(inputs).__name__}; "
+                              "set adv_prob=0")
+        if not self.boxes:
+            return inputs  # no box stood out: no patch trigger to train against
+        b = inputs.shape[0]
+        chosen = torch.rand(b, generator=generator, device=generator.device) < self.prob
+        which = torch.randint(len(self.boxes), (b,), generator=generator, device=generator.device)
+        out = inputs.clone()
+        contents = self.contents.to(inputs)
+        for i in chosen.nonzero().flatten().tolist():
+            k = int(which[i])
+            top, left = self.boxes[k]
+            out[i, ..., top:top + self.side, left:left + self.side] = contents[k]
+        return out
+
+    def summary(self) -> dict:
+        return {"adv_patches": [[top, left, round(score, 3)] for (top, left), score in zip(self.boxes, self.scores)],
+                "adv_patch_typical": round(self.typical, 3)}
+
+    def state_dict(self) -> dict:
+        if not self.searched:
+            return {}
+        return {"boxes": torch.tensor(self.boxes, dtype=torch.long).view(-1, 2),
+                "scores": torch.tensor(self.scores), "typical": torch.tensor(self.typical),
+                "contents": self.contents.detach().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.boxes = [(int(top), int(left)) for top, left in state["boxes"].tolist()]
+            self.scores = [float(v) for v in state["scores"].tolist()]
+            self.typical = float(state["typical"])
+            self.contents = state["contents"].clone()

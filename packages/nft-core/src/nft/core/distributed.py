@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo", "all_reduce_sum", "average_gradients", "current", "init_from_env", "is_main",
-    "rank_device", "shard", "union_over_ranks",
+    "rank_device", "shard", "share_from_first_rank", "union_over_ranks",
 ]
 
 
@@ -112,3 +112,16 @@ def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
         n = g.numel()
         p.grad = flat[offset: offset + n].view_as(p).clone()
         offset += n
+
+
+def share_from_first_rank(holder) -> None:
+    """Give every rank rank 0's copy of ``holder``'s state (``state_dict`` / ``load_state_dict``
+    of tensors): for something each rank computed from its own data but all must share, such as
+    the adversarial patches NFT searches on its first batch."""
+    info = current()
+    if not info.distributed:
+        return
+    payload = [holder.state_dict() if info.rank == 0 else None]
+    dist.broadcast_object_list(payload, src=0)
+    if info.rank != 0:
+        holder.load_state_dict(payload[0])
