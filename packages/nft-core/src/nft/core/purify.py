@@ -125,11 +125,11 @@ class PurifyConfig(DefenseConfig):
     positions on one clean batch keeps the ``adv_patch_count`` small patches (side
     ``adv_patch_size`` of the shorter spatial side) that most raise the loss, where a patch
     trigger, if the model has one, sits; the masks then learn to answer those samples with their
-    own labels. 0 turns it off (the core's default). The vision modality sets 0.5 with
-    ``max_grad_norm=1`` (its ``nft_overrides``): on its converged Fashion-MNIST models this took
-    the demo's BadNets model from 8.0 to 1.8 % ASR and TrojanNN from 7.9 to 2.2 %
-    (docs/vision.md). Needs the modality's input space and samples whose last two dimensions
-    are spatial (images, clips)."""
+    own labels. 0 turns it off (the core's default). The vision and video modalities set 0.5
+    (their ``nft_overrides``): this took the demo's BadNets model from 8.0 to 1.7 % ASR,
+    TrojanNN from 7.9 to 2.2 % and a video BadNets model from 85.5 to 0.9 % (docs/vision.md,
+    docs/video.md). Needs the modality's input space and samples whose last two dimensions are
+    spatial (images, clips)."""
     adv_patch_size: float = 0.1
     """Side of the searched patches, as a fraction of the shorter spatial side (at least 2 px):
     3 px on a 28 × 28 image, the size of the BadNets trigger there."""

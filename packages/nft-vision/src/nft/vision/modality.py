@@ -317,14 +317,13 @@ class VisionModality(Modality):
 
 VISION_NFT_SETTINGS = {"adv_patch_prob": 0.5}
 """The image modality's ``nft`` over ``PurifyConfig()``: half of each batch stamped with one of
-four 3 × 3 (a tenth of the side) patches searched before the first step
-(:class:`nft.core.adversary.PatchAdversary`), and the masks' gradient clipped to norm 1. Random
-noise boxes almost never wake a patch trigger (they sent 3 % of the demo's clean images to the
-BadNets target), so NFT left 8.0 % ASR on the demo's model and 7.9 % on TrojanNN; the searched
-patches sit where the trigger is and take them to 1.8 % and 2.2 %. Without the clipping the
-first steps on the stamped samples (the backdoored model answers them with a loss near 10) cost
-6–12 points of accuracy; clipped, 0.3–1 point more than without the patches. Measured in
-docs/vision.md."""
+up to four 3 × 3 (a tenth of the side) patches searched before the first step
+(:class:`nft.core.adversary.PatchAdversary`; the masks' gradient is clipped to norm 1 while they
+are stamped). Random noise boxes almost never wake a patch trigger (they sent 3 % of the demo's
+clean images to the BadNets target), so NFT left 8.0 % ASR on the demo's model and 7.9 % on
+TrojanNN; the searched patches sit where the trigger is and take them to 1.7 % and 2.2 %. On
+models without a patch trigger no box stands out and nothing changes. Measured in
+docs/vision.md and benchmarks/results/ablation.md."""
 
 SHALLOW_MODEL_SETTINGS = {
     # three normalisation layers: the depth clamp's floors (0.49, 0.29, 0.18) hold every one and a
