@@ -431,6 +431,13 @@ class Purifier:
         return CleanViewDistillation(teacher, self.config.distill_weight,
                                      self.config.distill_temperature, forward=self.task.forward)
 
+    def _require_input_space(self, input_space: InputSpace | None, option: str, what: str) -> None:
+        if input_space is None:
+            raise ConfigError(
+                f"{option}={getattr(self.config, option)} {what}, which needs the modality's input "
+                "space (its shape, bounds and pixel scale), and none was given; pass input_space= to "
+                f"purify(), or set {option}=0")
+
     def _adversary(self, input_space: InputSpace | None) -> UniversalAdversary | None:
         if self.config.adv_prob == 0:
             return None
@@ -441,22 +448,14 @@ class Purifier:
             self.augmentation = self.augmentation.with_adversary(
                 prob=self.config.adv_prob, step=self.config.adv_step)
             return None
-        if input_space is None:
-            raise ConfigError(
-                f"adv_prob={self.config.adv_prob} adds a universal adversarial pattern to the inputs, "
-                "which needs the modality's input space (its shape, bounds and pixel scale), and none "
-                "was given; pass input_space= to purify(), or set adv_prob=0")
+        self._require_input_space(input_space, "adv_prob", "adds a universal adversarial pattern to the inputs")
         return UniversalAdversary(input_space, prob=self.config.adv_prob, eps=self.config.adv_eps,
                                   step=self.config.adv_step, device=self.device)
 
     def _patches(self, input_space: InputSpace | None) -> PatchAdversary | None:
         if self.config.adv_patch_prob == 0:
             return None
-        if input_space is None:
-            raise ConfigError(
-                f"adv_patch_prob={self.config.adv_patch_prob} stamps searched patches on the inputs, "
-                "which needs the modality's input space (its shape and bounds), and none was given; "
-                "pass input_space= to purify(), or set adv_patch_prob=0")
+        self._require_input_space(input_space, "adv_patch_prob", "stamps searched patches on the inputs")
         return PatchAdversary(input_space, prob=self.config.adv_patch_prob, size=self.config.adv_patch_size,
                               count=self.config.adv_patch_count, ratio=self.config.adv_patch_ratio)
 
