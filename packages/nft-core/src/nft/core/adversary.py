@@ -163,7 +163,7 @@ class PatchAdversary:
         if len(space.shape) < 3:
             raise ConfigError(f"adversarial patches need samples with two spatial dimensions last "
                               f"(images, clips), and the input space's shape is {tuple(space.shape)}; "
-                              "set adv_kind=pattern")
+                              "set adv_patch_prob=0")
         self.space, self.prob, self.count, self.ratio = space, float(prob), int(count), float(ratio)
         self.iters, self.samples = int(iters), int(samples)
         height, width = space.shape[-2:]
@@ -195,7 +195,7 @@ class PatchAdversary:
         model's parameters get no gradient."""
         if not isinstance(inputs, torch.Tensor):
             raise ConfigError(f"adversarial patches need tensor batches, got {type(inputs).__name__}; "
-                              "set adv_prob=0")
+                              "set adv_patch_prob=0")
         self.space.sample_shape(inputs)
         n = min(self.samples, inputs.shape[0])
         x, y = inputs[:n].detach(), targets[:n] if isinstance(targets, torch.Tensor) else targets
@@ -231,7 +231,7 @@ class PatchAdversary:
             raise ConfigError("the adversarial patches were not searched yet; call search() first")
         if not isinstance(inputs, torch.Tensor):
             raise ConfigError(f"adversarial patches need tensor batches, got {type(inputs).__name__}; "
-                              "set adv_prob=0")
+                              "set adv_patch_prob=0")
         if not self.boxes:
             return inputs  # no box stood out: no patch trigger to train against
         b = inputs.shape[0]
