@@ -239,10 +239,9 @@ class PatchAdversary:
         which = torch.randint(len(self.boxes), (b,), generator=generator, device=generator.device)
         out = inputs.clone()
         contents = self.contents.to(inputs)
-        for i in chosen.nonzero().flatten().tolist():
-            k = int(which[i])
-            top, left = self.boxes[k]
-            out[i, ..., top:top + self.side, left:left + self.side] = contents[k]
+        for k, (top, left) in enumerate(self.boxes):
+            rows = (chosen & (which == k)).nonzero().flatten().to(inputs.device)
+            out[rows, ..., top:top + self.side, left:left + self.side] = contents[k]
         return out
 
     def summary(self) -> dict:
