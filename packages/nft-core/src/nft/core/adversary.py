@@ -168,7 +168,6 @@ class PatchAdversary:
         self.iters, self.samples = int(iters), int(samples)
         height, width = space.shape[-2:]
         self.side = max(2, round(size * min(height, width)))
-        self.delta = None  # nothing moves during the purification: the loop has nothing to ascend
         self.boxes: list[tuple[int, int]] = []
         self.scores: list[float] = []
         self.typical = 0.0  # the median box's loss: what a patch without a trigger does
