@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .adversary import PatchAdversary, UniversalAdversary
+from .adversary import GratingAdversary, PatchAdversary, UniversalAdversary
 from .augment import Augmentation, CutMix, Mixed, MixUp, NoAugmentation, RandomPatterns, mixed_loss
 from .config import DefenseConfig
 from .data import SeededBatches, dataset_labels
@@ -142,10 +142,22 @@ class PurifyConfig(DefenseConfig):
     4 times, and stamping natural patches there only cost removal (WaNet, ISSBA, CLB). When no
     box is kept, nothing is stamped and nothing is clipped."""
     adv_patch_clip: float = 1.0
-    """Largest L2 norm of the masks' gradient while patches are stamped (0: not clipped). The
-    backdoored model answers a stamped sample with a loss near 10 in the first steps; unclipped,
-    that cost 6–12 points of accuracy on the vision table's models (``max_grad_norm`` clips every
-    step of every run instead)."""
+    """Largest L2 norm of the masks' gradient while patches or gratings are stamped (0: not
+    clipped). The backdoored model answers a stamped sample with a loss near 10 in the first
+    steps; unclipped, that cost 6–12 points of accuracy on the vision table's models
+    (``max_grad_norm`` clips every step of every run instead)."""
+    adv_wave_prob: float = 0.0
+    """Share of each batch's samples that get one of the searched gratings added
+    (:class:`~nft.core.adversary.GratingAdversary`): before the first step, every full-image
+    sinusoidal grating of a grid (orientation, frequency, phase) is added to one clean batch, and
+    the few that send at least ``adv_wave_share`` of the batch's other-class samples to one class
+    are kept, where a smooth global trigger (SIG's sinusoid), if the model has one, answers. 0
+    turns it off (the default). Needs the modality's input space and class labels."""
+    adv_wave_amplitude: float = 0.1
+    """Amplitude of the searched gratings, as a share of the input range (0.1: ±25 grey levels)."""
+    adv_wave_share: float = 0.8
+    """A grating is kept only if it sends at least this share of the clean batch's samples of
+    other classes to one class."""
     reg_weight: float = 0.001
     """Weight of Σ|1 − m|; divided by the clean samples per class when ``reg_per_class``."""
     reg_per_class: bool = True
@@ -225,6 +237,10 @@ class PurifyConfig(DefenseConfig):
             (self.adv_patch_count >= 1, f"adv_patch_count must be ≥ 1, got {self.adv_patch_count}"),
             (self.adv_patch_ratio >= 1, f"adv_patch_ratio must be ≥ 1, got {self.adv_patch_ratio}"),
             (self.adv_patch_clip >= 0, f"adv_patch_clip must be ≥ 0, got {self.adv_patch_clip}"),
+            (0 <= self.adv_wave_prob <= 1, f"adv_wave_prob must be in [0, 1], got {self.adv_wave_prob}"),
+            (0 < self.adv_wave_amplitude <= 1,
+             f"adv_wave_amplitude must be in (0, 1], got {self.adv_wave_amplitude}"),
+            (0 < self.adv_wave_share <= 1, f"adv_wave_share must be in (0, 1], got {self.adv_wave_share}"),
             (0 < self.pattern_max_patch <= 1,
              f"pattern_max_patch must be in (0, 1], got {self.pattern_max_patch}"),
             (0 < self.pattern_max_alpha <= 1,
@@ -385,6 +401,7 @@ class Purifier:
         self.distillation = self._distillation(model)
         self.adversary = self._adversary(input_space)
         self.patches = self._patches(input_space)
+        self.gratings = self._gratings(input_space)
         self.masked: MaskedModel = to_memory_format(
             inject_masks(model, self.config.masks).to(self.device), self.config.channels_last)
         self.scaler = grad_scaler(self.device, self.config.precision)
@@ -459,20 +476,35 @@ class Purifier:
         return PatchAdversary(input_space, prob=self.config.adv_patch_prob, size=self.config.adv_patch_size,
                               count=self.config.adv_patch_count, ratio=self.config.adv_patch_ratio)
 
-    def _search_patches(self, inputs: Any, targets: Any) -> None:
-        """The patch search, on the first batch, with the masks still at 1 (the model as it came
-        in) and in eval mode, drawing from its own generator so that the loop's random stream
-        (mixing, patterns) is the same with or without it; on several ranks, rank 0's patches
-        are used by all."""
+    def _gratings(self, input_space: InputSpace | None) -> GratingAdversary | None:
+        if self.config.adv_wave_prob == 0:
+            return None
+        self._require_input_space(input_space, "adv_wave_prob", "adds searched gratings to the inputs")
+        return GratingAdversary(input_space, prob=self.config.adv_wave_prob,
+                                amplitude=self.config.adv_wave_amplitude, share=self.config.adv_wave_share)
+
+    @property
+    def _searches(self) -> list[PatchAdversary | GratingAdversary]:
+        """The searched patterns of this purification (patches, gratings), in stamping order."""
+        return [search for search in (self.patches, self.gratings) if search is not None]
+
+    def _search(self, inputs: Any, targets: Any) -> None:
+        """The searches for patches and gratings, on the first batch, with the masks still at 1
+        (the model as it came in) and in eval mode, each drawing from its own generator so that
+        the loop's random stream (mixing, patterns) is the same with or without them; on
+        several ranks, rank 0's findings are used by all."""
         self.masked.eval()
         try:
             with autocast(self.device, self.config.precision):
-                self.patches.search(self.masked, self.task, inputs, targets,
-                                    torch.Generator().manual_seed(self.config.seed))
+                for search in self._searches:
+                    if not search.searched:
+                        search.search(self.masked, self.task, inputs, targets,
+                                      torch.Generator().manual_seed(self.config.seed))
         finally:
             self._train_mode()
-        share_from_first_rank(self.patches)
-        log.info("adversarial patches (top, left, loss): %s", self.patches.summary()["adv_patches"])
+        for search in self._searches:
+            share_from_first_rank(search)
+            log.info("searched %s: %s", type(search).__name__, search.summary())
 
     def _distill(self, outputs: torch.Tensor, mixed: Mixed) -> torch.Tensor | None:
         if mixed.clean_inputs is None:
@@ -517,13 +549,16 @@ class Purifier:
         adversarial = s < self.config.adv_stop * self.config.steps
         if (carried := getattr(self.augmentation, "adversary", None)) is not None:
             carried.enabled = adversarial  # an augmentation's own adversary (text): placed or not
-        if self.patches is not None and not self.patches.searched:
-            self._search_patches(inputs, targets)
+        if not all(search.searched for search in self._searches):
+            self._search(inputs, targets)
         mixed = self.augmentation(inputs, targets, rng=rng, generator=generator)
         student_inputs = mixed.inputs
-        stamped = self.patches is not None and adversarial and bool(self.patches.boxes)
-        if stamped:
-            student_inputs = self.patches.perturb(student_inputs, generator)
+        stamped = False
+        if adversarial:
+            for search in self._searches:
+                if search.active:
+                    student_inputs = search.perturb(student_inputs, generator)
+                    stamped = True
         if self.adversary is not None and adversarial:
             student_inputs = self.adversary.perturb(student_inputs, generator)
         with autocast(self.device, self.config.precision):
@@ -593,7 +628,7 @@ class Purifier:
                     if self.step_index in round_ends:
                         entry = {"step": self.step_index, "loss": loss,
                                  "lr": self.config.lr_at(self.step_index - 1)}
-                        for adversary in (self.adversary, self.patches):
+                        for adversary in (self.adversary, *self._searches):
                             if adversary is not None:
                                 entry.update(adversary.summary())
                         self.history.append(entry)
@@ -621,6 +656,7 @@ class Purifier:
             "steps": self.config.steps,
             **({"adversary": self.adversary.state_dict()} if self.adversary is not None else {}),
             **({"patches": self.patches.state_dict()} if self.patches is not None else {}),
+            **({"gratings": self.gratings.state_dict()} if self.gratings is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -636,6 +672,8 @@ class Purifier:
             self.adversary.load_state_dict(state["adversary"])
         if self.patches is not None and "patches" in state:
             self.patches.load_state_dict(state["patches"])
+        if self.gratings is not None and "gratings" in state:
+            self.gratings.load_state_dict(state["gratings"])
         self.step_index = int(state["step"])
 
     def save_state(self, path: str | Path) -> None:
