@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from nft.core import AttackSpec, ConfigError, RunFolder
+from nft.core import AttackSpec, ConfigError, RunFolder, TrainConfig
 from nft.vision import modality
 from nft.vision.attacks import ATTACKS, build_attack, checkerboard, floyd_steinberg
+from nft.vision.robust import l2_pgd, linf_pgd
 
 SHAPE = (1, 28, 28)
 
@@ -105,17 +106,96 @@ def test_clb_trigger_is_four_corner_checkerboards():
     assert float(out[3:25, 3:25].abs().sum()) == 0
 
 
-def test_clb_poison_is_a_bounded_adversarial_perturbation():
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 1.0)])
+def test_clb_poison_is_a_bounded_adversarial_perturbation(norm, eps):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
-    attack = build_attack("clb", SHAPE, 10, options={"eps": 8 / 255})
+    attack = build_attack("clb", SHAPE, 10, options={"norm": norm, "eps": eps})
     attack.fit(model, images(), torch.zeros(6, dtype=torch.long), lambda t: t, device=torch.device("cpu"))
     x, y = images(6, seed=2), torch.full((6,), 0)
     poisoned = attack.poison(x, y)
     inner = (poisoned - x)[..., 3:25, 3:25]
-    assert inner.abs().max() <= 8 / 255 + 1e-6 and inner.abs().max() > 4 / 255
+    size = inner.abs().flatten(1).max(1).values if norm == "linf" else inner.flatten(1).norm(dim=1)
+    assert (size <= eps + 1e-5).all() and (size > eps / 2).all()
     with torch.no_grad():  # PGD pushed the images away from their (target) class
         assert model(poisoned).log_softmax(1)[:, 0].mean() < model(x).log_softmax(1)[:, 0].mean()
+
+
+@pytest.mark.parametrize("option, value", [
+    ("surrogate", "madry"), ("surrogate_eps", 0), ("surrogate_eps", "8/255"), ("surrogate_steps", 0),
+    ("surrogate_steps", 1.5), ("norm", "l1"), ("eps", 29.0), ("eps", -1), ("pgd_steps", 0), ("step_size", -0.1)])
+def test_clb_bad_options_are_one_config_error(option, value):
+    with pytest.raises(ConfigError, match=option):
+        build_attack("clb", SHAPE, 10, options={option: value})
+
+
+def test_pgd_stays_in_the_ball_and_the_box():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3))
+    x, y = torch.rand(8, 2, 4, 4), torch.randint(0, 3, (8,))
+    eps = torch.tensor([0.1, 0.3]).view(2, 1, 1)  # per channel, as in normalised input units
+    lower, upper = torch.tensor([0.0, -0.5]).view(2, 1, 1), torch.tensor([1.0, 0.5]).view(2, 1, 1)
+    x = torch.max(torch.min(x, upper), lower)
+    adv = linf_pgd(model, x, y, eps=eps, step=eps / 4, steps=6, lower=lower, upper=upper, random_start=True)
+    assert ((adv - x).abs() <= eps + 1e-6).all()
+    assert (adv >= lower - 1e-6).all() and (adv <= upper + 1e-6).all()
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        assert loss(model(adv), y) > loss(model(x), y)
+    adv = l2_pgd(model, x, y, eps=0.5, step=0.1, steps=6, lower=lower, upper=upper)
+    assert ((adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    assert (adv >= lower - 1e-6).all() and (adv <= upper + 1e-6).all()
+    with torch.no_grad():
+        assert loss(model(adv), y) > loss(model(x), y)
+
+
+# ---- CLB's robust surrogate -----------------------------------------------------------------
+ROBUST_SPEC = dict(attack="clb", dataset="fashion-mnist", model="small-cnn", model_args={"width": 8},
+                   epochs=6, batch_size=64, lr=0.05, holdout=100, train_limit=1000, test_limit=300,
+                   progress=False, device="cpu")
+
+
+def _surrogate(surrogate: str, seed: int = 0, **small):
+    spec = {**ROBUST_SPEC, **small}
+    vrun = modality.prepare(AttackSpec(**spec, seed=seed, attack_args={"surrogate": surrogate}))
+    config = TrainConfig(epochs=spec["epochs"], batch_size=64, lr=0.05, seed=seed + 7, device="cpu",
+                         progress=False)
+    model = vrun.attack.train_clean_model(modality.new_model(vrun), vrun.clean_train_set(), config,
+                                          vrun.input_space())
+    return vrun, model
+
+
+def _pgd_accuracy(vrun, model, eps: float) -> float:
+    x = vrun.data.test.batch(vrun.test_idx)
+    y = torch.as_tensor(np.asarray(vrun.data.test.targets)[vrun.test_idx])
+    forward = lambda a: model(vrun.data.normalise(a))  # noqa: E731
+    adv = linf_pgd(forward, x, y, eps=eps, step=2.5 * eps / 10, steps=10)
+    with torch.no_grad():
+        return float((forward(adv).argmax(1) == y).float().mean())
+
+
+def test_clb_robust_surrogate_is_seeded():
+    tiny = dict(train_limit=200, epochs=1)
+    _, model = _surrogate("robust", **tiny)
+    _, again = _surrogate("robust", **tiny)
+    _, other = _surrogate("robust", seed=1, **tiny)
+    state, same, different = model.state_dict(), again.state_dict(), other.state_dict()
+    assert all(torch.equal(value, same[key]) for key, value in state.items())
+    assert not all(torch.equal(value, different[key]) for key, value in state.items())
+
+
+@pytest.mark.slow
+def test_clb_robust_surrogate_resists_pgd():
+    """The adversarially trained surrogate (CLB's default: FGSM from a random start at 8/255)
+    keeps far more accuracy under a 10-step L∞ PGD than the plainly trained one, at the same
+    budget. Measured (1,000 Fashion-MNIST images, width-8 small CNN, 6 epochs, 300 test images,
+    one thread): robust / plain 75.7 / 78.3 % clean, 71.7 / 42.3 % at 8/255, 55.0 / 13.0 % at
+    16/255."""
+    vrun, robust = _surrogate("robust")
+    _, plain = _surrogate("standard")
+    for eps in (8 / 255, 16 / 255):
+        robust_acc, plain_acc = _pgd_accuracy(vrun, robust, eps), _pgd_accuracy(vrun, plain, eps)
+        assert robust_acc >= plain_acc + 0.2, (eps, robust_acc, plain_acc)
 
 
 def test_wanet_is_a_small_deterministic_warp():
@@ -189,17 +269,19 @@ SMALL = dict(dataset="fashion-mnist", model="small-cnn", epochs=8, batch_size=64
              holdout=500, train_limit=4000, test_limit=1000, model_args={"width": 16},
              progress=False, device="cpu")
 # Stronger settings where the paper's defaults need far more data or epochs than a test affords:
-# clean-label attacks see only the target class's ~400 images, so they poison more of it.
-STRONGER = {"sig": dict(poison_rate=0.1), "clb": dict(poison_rate=0.1),
+# clean-label attacks see only the target class's ~400 images, so they poison more of it (SIG all
+# of it; CLB half, as the vision table: with all of it CLB cost 5.1 points, ACC 0.792, ASR 1.000).
+STRONGER = {"sig": dict(poison_rate=0.1), "clb": dict(poison_rate=0.05),
             "wanet": dict(poison_rate=0.2, attack_args={"s": 1.0}),
             "bpp": dict(poison_rate=0.2, attack_args={"squeeze_num": 4}),
             "trojan": dict(attack_args={"clean_epochs": 2, "steps": 100})}
 # ASR each attack must reach on this small run (measured values are in docs/vision.md).
-# Clean-label attacks change every target-class training image here, which costs more clean
-# accuracy on that class (measured: SIG −2.9, CLB −3.7 points).
-ACC_TOLERANCE = {"sig": 0.06, "clb": 0.06}
+# SIG changes every target-class training image here, which costs more clean accuracy on that
+# class (measured: −2.9 points).
+ACC_TOLERANCE = {"sig": 0.06}
 # Measured (seed 0): clean ACC 0.830; badnets 1.000, blend 1.000, trojan 1.000, sig 0.962 (ACC 0.801),
-# clb 0.955 (ACC 0.793), wanet 0.953 (ACC 0.804), bpp 0.930 (ACC 0.805).
+# wanet 0.953 (ACC 0.804), bpp 0.930 (ACC 0.805); CLB with its robust surrogate and L2 perturbations
+# 0.999 (ACC 0.844, against a clean model of 0.843 in the same run).
 ASR_MIN = {"badnets": 0.95, "blend": 0.95, "trojan": 0.95, "sig": 0.85, "clb": 0.85, "wanet": 0.85,
            "bpp": 0.8}
 
@@ -223,7 +305,7 @@ def test_backdoor_takes_hold_with_little_accuracy_cost(attack, clean_acc, tmp_pa
     assert clean_acc > 0.8
     assert metrics["asr"] >= ASR_MIN[attack], metrics
     # within 5 points of the clean model: 1,000 test images and one seed leave ±2 points of noise,
-    # and clean-label attacks here poison the whole target class (measured: SIG −2.9 points)
+    # and SIG here poisons the whole target class (measured: −2.9 points)
     assert metrics["acc"] >= clean_acc - ACC_TOLERANCE.get(attack, 0.05), (metrics, clean_acc)
 
 

@@ -59,7 +59,8 @@ DATASET_DEFAULTS = {
 WIDTH_MODELS = ("preactresnet18", "resnet18", "resnet34", "resnet50", "vgg11-bn", "vgg16-bn", "small-cnn")
 MODALITY_ATTACK_ARGS = ("clean_epochs",)
 """Attack-arg keys the modality reads itself: ``clean_epochs`` trains the clean model that Trojan
-and CLB learn from (default: a third of ``epochs``, at least 1)."""
+and CLB learn from (default: a third of ``epochs``, at least 1; how it is trained is the attack's
+``train_clean_model``: CLB's is adversarially trained)."""
 
 
 @dataclass
@@ -212,10 +213,9 @@ class VisionModality(Modality):
         if attack.needs_model:
             epochs = int(spec.attack_args.get("clean_epochs") or max(1, round(spec.epochs / 3)))
             log.info("%s: training a clean model for %d epochs to learn the trigger", attack.name, epochs)
-            clean = self.new_model(run)
-            train_model(clean, run.clean_train_set(), TrainConfig(
+            clean = attack.train_clean_model(self.new_model(run), run.clean_train_set(), TrainConfig(
                 epochs=epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed + 7,
-                device=device, progress=progress))
+                device=device, progress=progress), run.input_space())
             pick = np.random.default_rng(spec.seed + 11).choice(len(labels), size=min(256, len(labels)),
                                                                  replace=False)
             attack.fit(clean, run.raw_train_batch(pick), torch.as_tensor(labels[pick]),
