@@ -123,7 +123,8 @@ def test_clb_poison_is_a_bounded_adversarial_perturbation(norm, eps):
 
 @pytest.mark.parametrize("option, value", [
     ("surrogate", "madry"), ("surrogate_eps", 0), ("surrogate_eps", "8/255"), ("surrogate_steps", 0),
-    ("surrogate_steps", 1.5), ("norm", "l1"), ("eps", 29.0), ("eps", -1), ("pgd_steps", 0), ("step_size", -0.1)])
+    ("surrogate_steps", 1.5), ("norm", "l1"), ("eps", 29.0), ("eps", -1), ("pgd_steps", 0), ("step_size", -0.1),
+    ("amplitude", "high")])
 def test_clb_bad_options_are_one_config_error(option, value):
     with pytest.raises(ConfigError, match=option):
         build_attack("clb", SHAPE, 10, options={option: value})

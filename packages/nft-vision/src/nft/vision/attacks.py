@@ -449,7 +449,7 @@ class CLB(Attack):
                                                   and float(opts["step_size"]) > 0):
             raise ConfigError(f"clb step_size must be positive (or unset for 2.5·eps / pgd_steps), "
                               f"got {opts['step_size']!r}")
-        if not 0 < float(opts["amplitude"]) <= 1:
+        if not isinstance(opts["amplitude"], (int, float)) or not 0 < float(opts["amplitude"]) <= 1:
             raise ConfigError(f"clb amplitude must be in (0, 1], got {opts['amplitude']!r}")
 
     def train_clean_model(self, model, dataset, config, space):
