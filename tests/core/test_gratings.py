@@ -82,6 +82,25 @@ def test_a_model_without_a_grating_trigger_keeps_nothing_and_is_left_alone():
     assert gratings.perturb(images, torch.Generator().manual_seed(0)) is images
 
 
+def test_a_class_that_every_grating_reaches_is_no_trigger_under_the_ratio_rule():
+    """A model that answers any textured image with class 2 (a natural response to stripes, not
+    one grating's): most gratings pass the share bar, and the ratio to the median keeps none."""
+
+    class AnyTextureIsTwo(nn.Module):
+        def forward(self, x):
+            b = x.mean(dim=(1, 2, 3))
+            texture = x.flatten(1).std(dim=1)
+            return torch.stack([10 * (0.5 - b), 10 * (b - 0.5), 400 * (texture - 0.04)], dim=1)
+
+    images, labels = _images()
+    by_share = GratingAdversary(SPACE, prob=0.5, amplitude=0.1, share=0.8, ratio=1.0, count=1000)
+    by_share.search(AnyTextureIsTwo(), ClassificationTask(), images, labels, torch.Generator())
+    assert len(by_share.waves) > len(by_share.candidates(16, 16)) // 2
+    by_ratio = GratingAdversary(SPACE, prob=0.5, amplitude=0.1, share=0.8, ratio=3.0)
+    by_ratio.search(AnyTextureIsTwo(), ClassificationTask(), images, labels, torch.Generator())
+    assert by_ratio.typical >= 0.8 and by_ratio.waves == []
+
+
 def test_adding_changes_only_the_chosen_samples_by_the_amplitude_and_follows_the_generator():
     gratings = GratingAdversary(SPACE, prob=0.5, amplitude=0.1, share=0.8)
     gratings.waves, gratings.scores, gratings._searched = [(2.0, 0.0, 0.0), (3.0, math.pi / 2, 1.0)], [0.9, 0.85], True
@@ -112,6 +131,8 @@ def test_bad_settings_and_unsearched_use_are_refused():
     for field, value in (("adv_wave_prob", 2.0), ("adv_wave_amplitude", 0.0), ("adv_wave_share", 1.5)):
         with pytest.raises(ConfigError, match=f"{field} must be in"):
             PurifyConfig(**{field: value})
+    with pytest.raises(ConfigError, match="adv_wave_ratio must be ≥ 1"):
+        PurifyConfig(adv_wave_ratio=0.5)
 
 
 def test_the_purifier_searches_once_records_the_gratings_and_resumes_with_them(tmp_path):
@@ -120,7 +141,7 @@ def test_the_purifier_searches_once_records_the_gratings_and_resumes_with_them(t
     space = InputSpace(shape=(3, 8, 8), lower=0.0, upper=1.0)
     # share 1/27: any grating that sends one sample elsewhere passes, so the untrained network keeps some
     config = PurifyConfig(steps=6, rounds=2, batch_size=8, adv_wave_prob=0.5, adv_wave_amplitude=0.5,
-                          adv_wave_share=0.01, distill_weight=0.0, device="cpu")
+                          adv_wave_share=0.01, adv_wave_ratio=1.0, distill_weight=0.0, device="cpu")
     purifier = Purifier(CNNBatchNorm(), data, config, input_space=space)
     purifier.step()
     found = list(purifier.gratings.waves)

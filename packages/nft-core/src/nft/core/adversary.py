@@ -29,8 +29,8 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .defenses.base import InputSpace
 
-__all__ = ["GratingAdversary", "PatchAdversary", "UniversalAdversary", "ascend_within", "grating",
-           "patch_positions"]
+__all__ = ["CompositeAdversary", "GratingAdversary", "PatchAdversary", "UniversalAdversary", "ascend_within",
+           "grating", "half_composite", "patch_positions"]
 
 
 @torch.no_grad()
@@ -299,19 +299,19 @@ class GratingAdversary:
     share rule, the ``count`` of highest loss are kept. When none passes, nothing is stamped.
     """
 
-    def __init__(self, space: InputSpace, *, prob: float, amplitude: float, share: float, count: int = 4,
-                 samples: int = 32) -> None:
+    def __init__(self, space: InputSpace, *, prob: float, amplitude: float, share: float, ratio: float = 1.0,
+                 count: int = 4, samples: int = 128) -> None:
         if not 0 < prob <= 1:
             raise ConfigError(f"the adversarial gratings' share of samples must be in (0, 1], got {prob}")
-        if not 0 < amplitude <= 1 or not 0 < share <= 1 or count < 1 or samples < 1:
-            raise ConfigError(f"the adversarial gratings need 0 < amplitude ≤ 1, 0 < share ≤ 1, count ≥ 1 "
-                              f"and samples ≥ 1, got {amplitude}, {share}, {count}, {samples}")
+        if not 0 < amplitude <= 1 or not 0 < share <= 1 or ratio < 1 or count < 1 or samples < 1:
+            raise ConfigError(f"the adversarial gratings need 0 < amplitude ≤ 1, 0 < share ≤ 1, ratio ≥ 1, "
+                              f"count ≥ 1 and samples ≥ 1, got {amplitude}, {share}, {ratio}, {count}, {samples}")
         if len(space.shape) < 3:
             raise ConfigError(f"adversarial gratings need samples with two spatial dimensions last "
                               f"(images, clips), and the input space's shape is {tuple(space.shape)}; "
                               "set adv_wave_prob=0")
         self.space, self.prob, self.amplitude = space, float(prob), float(amplitude)
-        self.share, self.count, self.samples = float(share), int(count), int(samples)
+        self.share, self.ratio, self.count, self.samples = float(share), float(ratio), int(count), int(samples)
         self.waves: list[tuple[float, float, float]] = []  # (cycles, angle, phase) of each kept grating
         self.scores: list[float] = []  # the share each kept grating sent to one class
         self.typical = 0.0  # the median grating's share
@@ -356,7 +356,8 @@ class GratingAdversary:
             sent = max(float(((predicted == c) & (y != c)).sum()) / max(1, int((y != c).sum())) for c in classes)
             found.append((sent, float(task.loss(outputs, y)), wave))
         self.typical = float(np.median([sent for sent, *_ in found]))
-        passing = sorted((item for item in found if item[0] >= self.share), key=lambda item: -item[1])[: self.count]
+        bar = max(self.share, self.ratio * self.typical)
+        passing = sorted((item for item in found if item[0] >= bar), key=lambda item: -item[1])[: self.count]
         self.scores = [sent for sent, *_ in passing]
         self.waves = [wave for *_, wave in passing]
         self._searched = True
@@ -393,3 +394,154 @@ class GratingAdversary:
             self.scores = [float(v) for v in state["scores"].tolist()]
             self.typical = float(state["typical"])
             self._searched = True
+
+
+def half_composite(first: torch.Tensor, second: torch.Tensor, vertical: bool) -> torch.Tensor:
+    """``first``'s left half beside ``second``'s right half (``vertical`` cut), or its top half
+    over ``second``'s bottom half; the halves stay where they were in their own images."""
+    out = first.clone()
+    if vertical:
+        half = first.shape[-1] // 2
+        out[..., half:] = second[..., half:]
+    else:
+        half = first.shape[-2] // 2
+        out[..., half:, :] = second[..., half:, :]
+    return out
+
+
+class CompositeAdversary:
+    """The pairs of classes whose half-and-half composites a model sends to a third class, found
+    once, then pasted as halves into a share of the samples, which keep their own labels.
+
+    Why: a composite backdoor (CBA, Lin et al., CCS 2020) has no foreign pattern at all: half of
+    an image of class A beside half of one of class B is the trigger, and NFT's random patterns,
+    boxes and gratings never produce it (NFT left 93.7 % of it). CutMix composites of random
+    pairs move the rule only slowly, because one pair of classes in 45 is the trigger pair. A
+    clean model answers most composites with one of their two classes; a backdoored one sends
+    the trigger pair to its target, a third class, and the pairs are few enough to scan.
+
+    The scan (:meth:`search`): for every pair of classes {a, b} with ``per_class`` images in the
+    clean batch, each image of a is completed with the other half of each image of b, in the four
+    placements (a first or b first; cut left | right or top / bottom); the pair's score is the
+    share of all those composites sent to the one class, neither a nor b, that gets most of them.
+    Scoring the four placements together is what separates a trigger pair from a look-alike:
+    on the vision table's models a single placement of a natural pair (a sneaker's top half over a
+    shirt's bottom) went to a third class 98 % of the time, as often as CBA's trigger pair, but
+    not in the other three placements, while CBA's mixer draws the order and the cut at random
+    and its pair goes to the target in all four. A pair is kept when its score is at least
+    ``share`` and ``ratio`` times the median pair's, with the images of its two classes. During
+    the purification a ``prob`` share of the samples get half of one of those images (a kept
+    pair, its class, the image, the cut and the half drawn per sample) pasted in place of their
+    own, and keep their own labels: a half of either class of the trigger pair then no longer
+    decides the answer, so the pair's composite is no longer the target.
+    """
+
+    def __init__(self, space: InputSpace, *, prob: float, share: float, ratio: float = 1.0, count: int = 4,
+                 per_class: int = 8, samples: int = 128) -> None:
+        if not 0 < prob <= 1:
+            raise ConfigError(f"the adversarial composites' share of samples must be in (0, 1], got {prob}")
+        if not 0 < share <= 1 or ratio < 1 or count < 1 or per_class < 1 or samples < 2:
+            raise ConfigError(f"the adversarial composites need 0 < share ≤ 1, ratio ≥ 1, count ≥ 1, "
+                              f"per_class ≥ 1 and samples ≥ 2, got {share}, {ratio}, {count}, {per_class}, "
+                              f"{samples}")
+        if len(space.shape) < 3:
+            raise ConfigError(f"adversarial composites need samples with two spatial dimensions last "
+                              f"(images, clips), and the input space's shape is {tuple(space.shape)}; "
+                              "set adv_composite_prob=0")
+        self.space, self.prob, self.share, self.ratio = space, float(prob), float(share), float(ratio)
+        self.count, self.per_class, self.samples = int(count), int(per_class), int(samples)
+        self.pairs: list[tuple[int, int, int]] = []  # (class a, class b, the third class) of each kept pair
+        self.scores: list[float] = []  # the share each kept pair sent to its third class
+        self.typical = 0.0  # the median pair's share
+        self.images: torch.Tensor | None = None  # kept pair k's images: [k, 2 (a, b), per_class, ...]
+
+    @property
+    def searched(self) -> bool:
+        return self.images is not None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.pairs)
+
+    @torch.no_grad()
+    def search(self, model: torch.nn.Module, task, inputs: torch.Tensor, targets, generator: torch.Generator) -> None:
+        """Score every pair of classes of (up to ``samples`` of) a clean batch by the share of its
+        composites sent to one third class; ``generator`` is unused (the scan is exhaustive)."""
+        if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor) or targets.dim() != 1:
+            raise ConfigError("adversarial composites need tensor batches with one class label per sample; "
+                              "set adv_composite_prob=0")
+        self.space.sample_shape(inputs)
+        n = min(self.samples, inputs.shape[0])
+        x, y = inputs[:n].detach(), targets[:n].to(inputs.device)
+        by_class = {int(c): x[y == c][: self.per_class] for c in torch.unique(y)}
+        by_class = {c: images for c, images in by_class.items() if images.shape[0] == self.per_class}
+        k, repeat = self.per_class, [1] * (x.dim() - 1)
+        found = []
+        for a in sorted(by_class):
+            for b in sorted(by_class):
+                if b <= a:
+                    continue
+                predicted = []
+                for first, second in ((by_class[a], by_class[b]), (by_class[b], by_class[a])):
+                    for vertical in (True, False):  # every image of one completed by every image of the other
+                        composites = half_composite(first.repeat_interleave(k, dim=0), second.repeat(k, *repeat),
+                                                    vertical)
+                        predicted.append(task.predict(task.forward(model, composites)).flatten().cpu())
+                predicted = torch.cat(predicted)
+                counts = torch.bincount(predicted, minlength=max(a, b) + 1)
+                counts[[a, b]] = 0
+                third = int(counts.argmax())
+                found.append((float(counts[third]) / len(predicted), a, b, third))
+        if not found:
+            raise ConfigError(f"adversarial composites need {self.per_class} clean samples of at least two "
+                              f"classes in the first batch; use more clean samples per class or set "
+                              f"adv_composite_prob=0")
+        self.typical = float(np.median([sent for sent, *_ in found]))
+        bar = max(self.share, self.ratio * self.typical)
+        kept = sorted((item for item in found if item[0] >= bar), key=lambda item: -item[0])[: self.count]
+        self.scores = [sent for sent, *_ in kept]
+        self.pairs = [(a, b, third) for _, a, b, third in kept]
+        self.images = (torch.stack([torch.stack([by_class[a], by_class[b]]) for a, b, _ in self.pairs]) if kept
+                       else x.new_zeros((0, 2, self.per_class, *x.shape[1:])))
+
+    def perturb(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``inputs`` with a ``prob`` share of the samples given one half of a kept pair's image."""
+        if not self.searched:
+            raise ConfigError("the adversarial composites were not searched yet; call search() first")
+        if not self.pairs:
+            return inputs
+        b = inputs.shape[0]
+        device = generator.device
+
+        def draw(high: int) -> list[int]:
+            return torch.randint(high, (b,), generator=generator, device=device).tolist()
+
+        chosen = (torch.rand(b, generator=generator, device=device) < self.prob).tolist()
+        pair, member, image, vertical, first = draw(len(self.pairs)), draw(2), draw(self.per_class), draw(2), draw(2)
+        out = inputs.clone()
+        for i in range(b):
+            if not chosen[i]:
+                continue
+            pasted = self.images[pair[i], member[i], image[i]].to(inputs)
+            out[i] = (half_composite(pasted, inputs[i], bool(vertical[i])) if first[i]
+                      else half_composite(inputs[i], pasted, bool(vertical[i])))
+        return out
+
+    def summary(self) -> dict:
+        return {"adv_composites": [[a, b, third, round(score, 3)]
+                                   for (a, b, third), score in zip(self.pairs, self.scores)],
+                "adv_composite_typical": round(self.typical, 3)}
+
+    def state_dict(self) -> dict:
+        if not self.searched:
+            return {}
+        return {"pairs": torch.tensor(self.pairs, dtype=torch.long).view(-1, 3),
+                "scores": torch.tensor(self.scores, dtype=torch.float64), "typical": torch.tensor(self.typical),
+                "images": self.images.detach().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.pairs = [(int(a), int(b), int(third)) for a, b, third in state["pairs"].tolist()]
+            self.scores = [float(v) for v in state["scores"].tolist()]
+            self.typical = float(state["typical"])
+            self.images = state["images"].clone()

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .adversary import GratingAdversary, PatchAdversary, UniversalAdversary
+from .adversary import CompositeAdversary, GratingAdversary, PatchAdversary, UniversalAdversary
 from .augment import Augmentation, CutMix, Mixed, MixUp, NoAugmentation, RandomPatterns, mixed_loss
 from .config import DefenseConfig
 from .data import SeededBatches, dataset_labels
@@ -142,8 +142,8 @@ class PurifyConfig(DefenseConfig):
     4 times, and stamping natural patches there only cost removal (WaNet, ISSBA, CLB). When no
     box is kept, nothing is stamped and nothing is clipped."""
     adv_patch_clip: float = 1.0
-    """Largest L2 norm of the masks' gradient while patches or gratings are stamped (0: not
-    clipped). The backdoored model answers a stamped sample with a loss near 10 in the first
+    """Largest L2 norm of the masks' gradient while searched patches, gratings or composites are
+    stamped (0: not clipped). The backdoored model answers a stamped sample with a loss near 10 in the first
     steps; unclipped, that cost 6–12 points of accuracy on the vision table's models
     (``max_grad_norm`` clips every step of every run instead)."""
     adv_wave_prob: float = 0.0
@@ -158,6 +158,20 @@ class PurifyConfig(DefenseConfig):
     adv_wave_share: float = 0.8
     """A grating is kept only if it sends at least this share of the clean batch's samples of
     other classes to one class."""
+    adv_wave_ratio: float = 3.0
+    """... and at least this multiple of the median grating's share: a backdoored model's
+    natural response to faint stripes is no trigger (measured in docs/vision.md)."""
+    adv_composite_prob: float = 0.0
+    """Share of each batch's samples that get half of an image of a searched class pair pasted in
+    place of their own half (:class:`~nft.core.adversary.CompositeAdversary`): before the first
+    step, the half-and-half composites of every ordered pair of classes of one clean batch are
+    scored by the share sent to a third class, and the pairs that stand out (a composite
+    backdoor's trigger pair) are kept. 0 turns it off (the default). Needs the modality's input
+    space, class labels and a few clean samples per class in the first batch."""
+    adv_composite_share: float = 0.8
+    """A class pair is kept only if at least this share of its composites go to one third class."""
+    adv_composite_ratio: float = 3.0
+    """... and at least this multiple of the median pair's share."""
     reg_weight: float = 0.001
     """Weight of Σ|1 − m|; divided by the clean samples per class when ``reg_per_class``."""
     reg_per_class: bool = True
@@ -241,6 +255,12 @@ class PurifyConfig(DefenseConfig):
             (0 < self.adv_wave_amplitude <= 1,
              f"adv_wave_amplitude must be in (0, 1], got {self.adv_wave_amplitude}"),
             (0 < self.adv_wave_share <= 1, f"adv_wave_share must be in (0, 1], got {self.adv_wave_share}"),
+            (self.adv_wave_ratio >= 1, f"adv_wave_ratio must be ≥ 1, got {self.adv_wave_ratio}"),
+            (0 <= self.adv_composite_prob <= 1,
+             f"adv_composite_prob must be in [0, 1], got {self.adv_composite_prob}"),
+            (0 < self.adv_composite_share <= 1,
+             f"adv_composite_share must be in (0, 1], got {self.adv_composite_share}"),
+            (self.adv_composite_ratio >= 1, f"adv_composite_ratio must be ≥ 1, got {self.adv_composite_ratio}"),
             (0 < self.pattern_max_patch <= 1,
              f"pattern_max_patch must be in (0, 1], got {self.pattern_max_patch}"),
             (0 < self.pattern_max_alpha <= 1,
@@ -402,6 +422,7 @@ class Purifier:
         self.adversary = self._adversary(input_space)
         self.patches = self._patches(input_space)
         self.gratings = self._gratings(input_space)
+        self.composites = self._composites(input_space)
         self.masked: MaskedModel = to_memory_format(
             inject_masks(model, self.config.masks).to(self.device), self.config.channels_last)
         self.scaler = grad_scaler(self.device, self.config.precision)
@@ -481,15 +502,24 @@ class Purifier:
             return None
         self._require_input_space(input_space, "adv_wave_prob", "adds searched gratings to the inputs")
         return GratingAdversary(input_space, prob=self.config.adv_wave_prob,
-                                amplitude=self.config.adv_wave_amplitude, share=self.config.adv_wave_share)
+                                amplitude=self.config.adv_wave_amplitude, share=self.config.adv_wave_share,
+                                ratio=self.config.adv_wave_ratio)
+
+    def _composites(self, input_space: InputSpace | None) -> CompositeAdversary | None:
+        if self.config.adv_composite_prob == 0:
+            return None
+        self._require_input_space(input_space, "adv_composite_prob", "pastes halves of searched class pairs")
+        return CompositeAdversary(input_space, prob=self.config.adv_composite_prob,
+                                  share=self.config.adv_composite_share, ratio=self.config.adv_composite_ratio)
 
     @property
-    def _searches(self) -> list[PatchAdversary | GratingAdversary]:
-        """The searched patterns of this purification (patches, gratings), in stamping order."""
-        return [search for search in (self.patches, self.gratings) if search is not None]
+    def _searches(self) -> list[PatchAdversary | GratingAdversary | CompositeAdversary]:
+        """The searched patterns of this purification (patches, gratings, composites), in
+        stamping order."""
+        return [search for search in (self.patches, self.gratings, self.composites) if search is not None]
 
     def _search(self, inputs: Any, targets: Any) -> None:
-        """The searches for patches and gratings, on the first batch, with the masks still at 1
+        """The searches for patches, gratings and composites, on the first batch, with the masks still at 1
         (the model as it came in) and in eval mode, each drawing from its own generator so that
         the loop's random stream (mixing, patterns) is the same with or without them; on
         several ranks, rank 0's findings are used by all."""
@@ -657,6 +687,7 @@ class Purifier:
             **({"adversary": self.adversary.state_dict()} if self.adversary is not None else {}),
             **({"patches": self.patches.state_dict()} if self.patches is not None else {}),
             **({"gratings": self.gratings.state_dict()} if self.gratings is not None else {}),
+            **({"composites": self.composites.state_dict()} if self.composites is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -674,6 +705,8 @@ class Purifier:
             self.patches.load_state_dict(state["patches"])
         if self.gratings is not None and "gratings" in state:
             self.gratings.load_state_dict(state["gratings"])
+        if self.composites is not None and "composites" in state:
+            self.composites.load_state_dict(state["composites"])
         self.step_index = int(state["step"])
 
     def save_state(self, path: str | Path) -> None:
