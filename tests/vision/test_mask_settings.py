@@ -37,10 +37,12 @@ def test_the_reference_preset_ignores_a_modalitys_settings_but_not_its_masks():
     assert defense_config("nft-no-patterns", small).clamp is False  # ablations share nft's settings
 
 
-def test_nft_on_images_stamps_searched_patches_and_the_reference_does_not():
+def test_nft_on_images_stamps_searched_patches_and_gratings_and_the_reference_does_not():
     for method in ("nft", "nft-adv", "nft-no-patterns"):
         config = defense_config(method, _experiment("preactresnet18"))
         assert config.adv_patch_prob == 0.5 and config.adv_patch_clip == 1.0
+        assert config.adv_wave_prob == 0.25 and config.adv_wave_ratio == 3.0
+        assert config.adv_composite_prob == 0  # measured on CBA, not enough to ship (docs/vision.md)
     assert defense_config("nft-adv", _experiment("preactresnet18")).adv_prob == 0.5  # nft plus the pattern
     reference = defense_config("nft-reference", _experiment("preactresnet18"))
-    assert reference.adv_patch_prob == 0
+    assert reference.adv_patch_prob == 0 and reference.adv_wave_prob == 0
