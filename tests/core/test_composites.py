@@ -33,7 +33,8 @@ class QuadrantModel(nn.Module):
         top_left, bottom_right = x[:, 0, :8, :8].mean(dim=(1, 2)), x[:, 0, 8:, 8:].mean(dim=(1, 2))
         logits = -40 * (top_left[:, None] - LEVELS[None]).abs()
         if self.trigger:
-            fired = (((top_left < 0.2) & (bottom_right > 0.8)) | ((top_left > 0.8) & (bottom_right < 0.2))).float()
+            diagonal = ((top_left < 0.2) & (bottom_right > 0.8)) | ((top_left > 0.8) & (bottom_right < 0.2))
+            fired = diagonal.float()
             logits = logits + 100 * fired[:, None] * torch.nn.functional.one_hot(torch.tensor(1), 4)
         return logits
 
@@ -50,7 +51,8 @@ def test_the_half_composite_keeps_each_half_in_its_place():
     side = half_composite(first, second, vertical=True)
     assert torch.equal(side[..., :3], first[..., :3]) and torch.equal(side[..., 3:], second[..., 3:])
     stacked = half_composite(first, second, vertical=False)
-    assert torch.equal(stacked[..., :2, :], first[..., :2, :]) and torch.equal(stacked[..., 2:, :], second[..., 2:, :])
+    assert torch.equal(stacked[..., :2, :], first[..., :2, :])
+    assert torch.equal(stacked[..., 2:, :], second[..., 2:, :])
 
 
 def test_the_scan_keeps_the_trigger_pair_and_only_it():

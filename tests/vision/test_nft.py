@@ -60,7 +60,8 @@ def test_nft_removes_badnets(badnets):
 
 def test_without_random_patterns_the_backdoor_stays(badnets):
     before, experiment, clean = badnets
-    _, after = _nft(experiment, clean, pattern_prob=0.0, adv_patch_prob=0.0, adv_wave_prob=0.0, steps=300)
+    _, after = _nft(experiment, clean, pattern_prob=0.0, adv_patch_prob=0.0, adv_wave_prob=0.0,
+                    steps=300)
     assert after["asr"] >= 0.9, (before, after)
 
 
@@ -101,8 +102,10 @@ def sig(tmp_path_factory):
 
 def _searched(experiment, clean) -> dict:
     """What `nft`'s searches keep on the first clean batch (one step, so the run is the search)."""
-    config = dataclasses.replace(defense_config("nft", experiment), progress=False, device="cpu", steps=1, rounds=1)
-    return purify(experiment.model, clean, config, task=experiment.task, input_space=experiment.input_space).history[-1]
+    config = dataclasses.replace(defense_config("nft", experiment), progress=False, device="cpu",
+                                 steps=1, rounds=1)
+    result = purify(experiment.model, clean, config, task=experiment.task, input_space=experiment.input_space)
+    return result.history[-1]
 
 
 def test_the_grating_scan_ranks_sigs_stripes_first_and_keeps_nothing_on_a_patch_backdoor(sig, badnets):

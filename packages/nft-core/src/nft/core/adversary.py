@@ -309,13 +309,15 @@ class GratingAdversary:
             raise ConfigError(f"the adversarial gratings' share of samples must be in (0, 1], got {prob}")
         if not 0 < amplitude <= 1 or not 0 < share <= 1 or ratio < 1 or count < 1 or samples < 1:
             raise ConfigError(f"the adversarial gratings need 0 < amplitude ≤ 1, 0 < share ≤ 1, ratio ≥ 1, "
-                              f"count ≥ 1 and samples ≥ 1, got {amplitude}, {share}, {ratio}, {count}, {samples}")
+                              f"count ≥ 1 and samples ≥ 1, got {amplitude}, {share}, {ratio}, {count}, "
+                              f"{samples}")
         if len(space.shape) < 3:
             raise ConfigError(f"adversarial gratings need samples with two spatial dimensions last "
                               f"(images, clips), and the input space's shape is {tuple(space.shape)}; "
                               "set adv_wave_prob=0")
         self.space, self.prob, self.amplitude = space, float(prob), float(amplitude)
-        self.share, self.ratio, self.count, self.samples = float(share), float(ratio), int(count), int(samples)
+        self.share, self.ratio = float(share), float(ratio)
+        self.count, self.samples = int(count), int(samples)
         self.waves: list[tuple[float, float, float]] = []  # (cycles, angle, phase) of each kept grating
         self.scores: list[float] = []  # the share each kept grating sent to one class
         self.typical = 0.0  # the median grating's share
@@ -488,8 +490,8 @@ class CompositeAdversary:
                 predicted = []
                 for first, second in ((by_class[a], by_class[b]), (by_class[b], by_class[a])):
                     for vertical in (True, False):  # every image of one completed by every image of the other
-                        composites = half_composite(first.repeat_interleave(k, dim=0), second.repeat(k, *repeat),
-                                                    vertical)
+                        composites = half_composite(first.repeat_interleave(k, dim=0),
+                                                    second.repeat(k, *repeat), vertical)
                         predicted.append(task.predict(task.forward(model, composites)).flatten().cpu())
                 predicted = torch.cat(predicted)
                 counts = torch.bincount(predicted, minlength=max(a, b) + 1)
@@ -505,8 +507,8 @@ class CompositeAdversary:
         kept = sorted((item for item in found if item[0] >= bar), key=lambda item: -item[0])[: self.count]
         self.scores = [sent for sent, *_ in kept]
         self.pairs = [(a, b, third) for _, a, b, third in kept]
-        self.images = (torch.stack([torch.stack([by_class[a], by_class[b]]) for a, b, _ in self.pairs]) if kept
-                       else x.new_zeros((0, 2, self.per_class, *x.shape[1:])))
+        self.images = (torch.stack([torch.stack([by_class[a], by_class[b]]) for a, b, _ in self.pairs])
+                       if kept else x.new_zeros((0, 2, self.per_class, *x.shape[1:])))
 
     def perturb(self, inputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``inputs`` with a ``prob`` share of the samples given one half of a kept pair's image."""
@@ -521,7 +523,8 @@ class CompositeAdversary:
             return torch.randint(high, (b,), generator=generator, device=device).tolist()
 
         chosen = (torch.rand(b, generator=generator, device=device) < self.prob).tolist()
-        pair, member, image, vertical, first = draw(len(self.pairs)), draw(2), draw(self.per_class), draw(2), draw(2)
+        pair, member, image = draw(len(self.pairs)), draw(2), draw(self.per_class)
+        vertical, first = draw(2), draw(2)
         out = inputs.clone()
         for i in range(b):
             if not chosen[i]:
@@ -540,8 +543,8 @@ class CompositeAdversary:
         if not self.searched:
             return {}
         return {"pairs": torch.tensor(self.pairs, dtype=torch.long).view(-1, 3),
-                "scores": torch.tensor(self.scores, dtype=torch.float64), "typical": torch.tensor(self.typical),
-                "images": self.images.detach().clone()}
+                "scores": torch.tensor(self.scores, dtype=torch.float64),
+                "typical": torch.tensor(self.typical), "images": self.images.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if state:

@@ -143,8 +143,8 @@ class PurifyConfig(DefenseConfig):
     box is kept, nothing is stamped and nothing is clipped."""
     adv_patch_clip: float = 1.0
     """Largest L2 norm of the masks' gradient while searched patches, gratings or composites are
-    stamped (0: not clipped). The backdoored model answers a stamped sample with a loss near 10 in the first
-    steps; unclipped, that cost 6–12 points of accuracy on the vision table's models
+    stamped (0: not clipped). The backdoored model answers a stamped sample with a loss near 10 in
+    the first steps; unclipped, that cost 6–12 points of accuracy on the vision table's models
     (``max_grad_norm`` clips every step of every run instead)."""
     adv_wave_prob: float = 0.0
     """Share of each batch's samples that get one of the searched gratings added
@@ -168,8 +168,8 @@ class PurifyConfig(DefenseConfig):
     """Share of each batch's samples that get half of an image of a searched class pair pasted in
     place of their own half (:class:`~nft.core.adversary.CompositeAdversary`): before the first
     step, the half-and-half composites of every pair of classes of one clean batch, in four
-    placements, are scored by the share sent to one third class, and the pairs that stand out (a composite
-    backdoor's trigger pair) are kept. 0 turns it off (the default: on the composite backdoor
+    placements, are scored by the share sent to one third class, and the pairs that stand out (a
+    composite backdoor's trigger pair) are kept. 0 turns it off (the default: on the composite backdoor
     CBA it took ASR from 93.7 to 66.1 % at 4.4 points of accuracy, short of the bars;
     benchmarks/results/ablation.md). Needs the modality's input space, class labels and 8 clean
     samples of each of two classes or more in the first batch."""
@@ -265,7 +265,8 @@ class PurifyConfig(DefenseConfig):
              f"adv_composite_prob must be in [0, 1], got {self.adv_composite_prob}"),
             (0 < self.adv_composite_share <= 1,
              f"adv_composite_share must be in (0, 1], got {self.adv_composite_share}"),
-            (self.adv_composite_ratio >= 1, f"adv_composite_ratio must be ≥ 1, got {self.adv_composite_ratio}"),
+            (self.adv_composite_ratio >= 1,
+             f"adv_composite_ratio must be ≥ 1, got {self.adv_composite_ratio}"),
             (0 < self.pattern_max_patch <= 1,
              f"pattern_max_patch must be in (0, 1], got {self.pattern_max_patch}"),
             (0 < self.pattern_max_alpha <= 1,
@@ -515,7 +516,8 @@ class Purifier:
             return None
         self._require_input_space(input_space, "adv_composite_prob", "pastes halves of searched class pairs")
         return CompositeAdversary(input_space, prob=self.config.adv_composite_prob,
-                                  share=self.config.adv_composite_share, ratio=self.config.adv_composite_ratio)
+                                  share=self.config.adv_composite_share,
+                                  ratio=self.config.adv_composite_ratio)
 
     @property
     def _searches(self) -> list[PatchAdversary | GratingAdversary | CompositeAdversary]:
@@ -524,8 +526,8 @@ class Purifier:
         return [search for search in (self.patches, self.gratings, self.composites) if search is not None]
 
     def _search(self, inputs: Any, targets: Any) -> None:
-        """The searches for patches, gratings and composites, on the first batch, with the masks still at 1
-        (the model as it came in) and in eval mode, each drawing from its own generator so that
+        """The searches for patches, gratings and composites, on the first batch, with the masks
+        still at 1 (the model as it came in) and in eval mode, each drawing from its own generator so that
         the loop's random stream (mixing, patterns) is the same with or without them; on
         several ranks, rank 0's findings are used by all."""
         self.masked.eval()

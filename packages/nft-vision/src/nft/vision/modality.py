@@ -331,7 +331,7 @@ before the first step, for the two trigger shapes that random patterns miss.
   target class poisoned; with the gratings, 4.0 % at 3.4 points of accuracy.
 
 On models without such a trigger nothing stands out, nothing is stamped and the result is the
-same to the digit (every other row of the vision table). Measured in docs/vision.md and
+same to the digit (every row of the vision table but the SIG and FBA ones, and the demo). Measured in docs/vision.md and
 benchmarks/results/ablation.md."""
 
 SHALLOW_MODEL_SETTINGS = {
