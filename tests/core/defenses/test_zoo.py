@@ -60,7 +60,7 @@ def test_defense_removes_the_backdoor_and_changes_only_what_it_should(backdoor, 
     result = purify(model, backdoor.clean, config, method=name, input_space=backdoor.input_space)
 
     assert type(result.model) is type(model) and result.method == name
-    assert result.clean_samples == 100 and result.seconds == fake_clock  # the clock around the run
+    assert result.clean_samples == 100 and fake_clock.readings == 2  # one clock span around the run
     after = backdoor.evaluate(result.model)
     assert after["asr"] <= ASR_MAX, f"{name}: ASR {after['asr']:.3f} (before {backdoor.before['asr']:.3f})"
     assert after["acc"] >= ACC_MIN, f"{name}: ACC {after['acc']:.3f}"
