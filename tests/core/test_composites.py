@@ -1,20 +1,17 @@
-"""The searched adversarial composites: which class pairs the scan keeps, how their halves are
-pasted, and that the purification loop searches once, records them and resumes with them."""
+"""The searched adversarial composites: which class pairs the scan keeps and how their halves are
+pasted (the loop's use of them: tests/core/test_searches.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from nft.core import ClassificationTask, PurifyConfig
 from nft.core.adversary import CompositeAdversary, half_composite
 from nft.core.defenses.base import InputSpace
 from nft.core.errors import ConfigError
-from nft.core.purify import Purifier
 
-from .toy_models import CNNBatchNorm
 
 SPACE = InputSpace(shape=(1, 16, 16), lower=0.0, upper=1.0)
 LEVELS = torch.tensor([0.1, 0.37, 0.63, 0.9])  # each class's brightness
@@ -134,27 +131,3 @@ def test_bad_settings_and_unsearched_use_are_refused():
             PurifyConfig(**{field: value})
     with pytest.raises(ConfigError, match="adv_composite_ratio must be ≥ 1"):
         PurifyConfig(adv_composite_ratio=0.9)
-
-
-def test_the_purifier_searches_once_records_the_composites_and_resumes_with_them(tmp_path):
-    torch.manual_seed(0)
-    data = TensorDataset(torch.rand(40, 3, 8, 8), torch.arange(40) % 4)
-    space = InputSpace(shape=(3, 8, 8), lower=0.0, upper=1.0)
-    # share 0.01 and ratio 1: any pair with one composite sent to a third class passes
-    config = PurifyConfig(steps=6, rounds=2, batch_size=40, adv_composite_prob=0.5, adv_composite_share=0.01,
-                          adv_composite_ratio=1.0, distill_weight=0.0, device="cpu")
-    purifier = Purifier(CNNBatchNorm(), data, config, input_space=space)
-    purifier.step()
-    found = list(purifier.composites.pairs)
-    assert found and purifier.patches is None and purifier.gratings is None
-    purifier.save_state(tmp_path / "state.pt")
-    purifier.run()
-    assert purifier.composites.pairs == found  # searched once, then fixed
-    assert [len(entry["adv_composites"]) for entry in purifier.history] == [len(found)] * 2
-    resumed = Purifier(CNNBatchNorm(), data, config, input_space=space)
-    resumed.load_state(tmp_path / "state.pt")
-    assert resumed.composites.searched and resumed.composites.pairs == found
-    assert torch.equal(resumed.composites.images, purifier.composites.images)
-    with pytest.raises(ConfigError, match="needs the modality's input space.*adv_composite_prob=0"):
-        Purifier(CNNBatchNorm(), data, config)
-    assert Purifier(CNNBatchNorm(), data, PurifyConfig(steps=2, rounds=1)).composites is None

@@ -1,5 +1,5 @@
-"""The searched adversarial gratings: which gratings the scan keeps, how they are added, and that
-the purification loop searches once, records them and resumes with them."""
+"""The searched adversarial gratings: which gratings the scan keeps and how they are added (the
+loop's use of them: tests/core/test_searches.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from nft.core import ClassificationTask, PurifyConfig
 from nft.core.adversary import GratingAdversary, grating
 from nft.core.defenses.base import InputSpace
 from nft.core.errors import ConfigError
-from nft.core.purify import Purifier
 
-from .toy_models import CNNBatchNorm
 
 SPACE = InputSpace(shape=(1, 16, 16), lower=0.0, upper=1.0)
 
@@ -133,26 +130,3 @@ def test_bad_settings_and_unsearched_use_are_refused():
             PurifyConfig(**{field: value})
     with pytest.raises(ConfigError, match="adv_wave_ratio must be ≥ 1"):
         PurifyConfig(adv_wave_ratio=0.5)
-
-
-def test_the_purifier_searches_once_records_the_gratings_and_resumes_with_them(tmp_path):
-    torch.manual_seed(0)
-    data = TensorDataset(torch.rand(30, 3, 8, 8), torch.arange(30) % 4)
-    space = InputSpace(shape=(3, 8, 8), lower=0.0, upper=1.0)
-    # share 1/27: any grating that sends one sample elsewhere passes, so the untrained network keeps some
-    config = PurifyConfig(steps=6, rounds=2, batch_size=8, adv_wave_prob=0.5, adv_wave_amplitude=0.5,
-                          adv_wave_share=0.01, adv_wave_ratio=1.0, distill_weight=0.0, device="cpu")
-    purifier = Purifier(CNNBatchNorm(), data, config, input_space=space)
-    purifier.step()
-    found = list(purifier.gratings.waves)
-    assert found and purifier.patches is None
-    purifier.save_state(tmp_path / "state.pt")
-    purifier.run()
-    assert purifier.gratings.waves == found  # searched once, then fixed
-    assert [len(entry["adv_waves"]) for entry in purifier.history] == [len(found)] * 2
-    resumed = Purifier(CNNBatchNorm(), data, config, input_space=space)
-    resumed.load_state(tmp_path / "state.pt")
-    assert resumed.gratings.searched and resumed.gratings.waves == found
-    with pytest.raises(ConfigError, match="needs the modality's input space.*adv_wave_prob=0"):
-        Purifier(CNNBatchNorm(), data, config)
-    assert Purifier(CNNBatchNorm(), data, PurifyConfig(steps=2, rounds=1)).gratings is None

@@ -1,5 +1,6 @@
 """The searched adversarial patches: where the search puts them, how they are stamped, and that
-the purification loop searches once, records them and resumes with them."""
+the gradient is clipped only while they are (the loop's search-once and resume:
+tests/core/test_searches.py)."""
 
 from __future__ import annotations
 
@@ -99,28 +100,6 @@ def test_bad_settings_and_unsearched_use_are_refused():
         PurifyConfig(adv_patch_prob=2.0)
     with pytest.raises(ConfigError, match="adv_patch_ratio must be"):
         PurifyConfig(adv_patch_ratio=0.5)
-
-
-def test_the_purifier_searches_once_records_the_patches_and_resumes_with_them(tmp_path):
-    torch.manual_seed(0)
-    data = TensorDataset(torch.randn(30, 3, 8, 8), torch.arange(30) % 4)
-    space = InputSpace(shape=(3, 8, 8), lower=-3.0, upper=3.0)
-    config = PurifyConfig(steps=6, rounds=2, batch_size=8, adv_patch_prob=0.5, adv_patch_size=0.25,
-                          adv_patch_count=2, adv_patch_ratio=1.0, distill_weight=0.0, device="cpu")
-    purifier = Purifier(CNNBatchNorm(), data, config, input_space=space)
-    purifier.step()
-    found = (list(purifier.patches.boxes), purifier.patches.contents.clone())
-    purifier.save_state(tmp_path / "state.pt")
-    purifier.run()
-    assert purifier.patches.boxes == found[0]  # searched once, then fixed
-    assert torch.equal(purifier.patches.contents, found[1])
-    assert [len(entry["adv_patches"]) for entry in purifier.history] == [2, 2]
-    resumed = Purifier(CNNBatchNorm(), data, config, input_space=space)
-    resumed.load_state(tmp_path / "state.pt")
-    assert resumed.patches.boxes == found[0] and torch.equal(resumed.patches.contents, found[1])
-    with pytest.raises(ConfigError, match="needs the modality's input space.*adv_patch_prob=0"):
-        Purifier(CNNBatchNorm(), data, config)
-    assert Purifier(CNNBatchNorm(), data, PurifyConfig(steps=2, rounds=1)).patches is None
 
 
 def test_the_mask_gradient_is_clipped_only_while_patches_are_stamped():

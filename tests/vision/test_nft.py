@@ -25,15 +25,21 @@ from nft.vision import modality
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def badnets(tmp_path_factory):
-    run = tmp_path_factory.mktemp("vision-nft") / "run"
+def _backdoored(tmp_path_factory, attack: str):
+    """A small CNN trained 15 epochs on 5,000 Fashion-MNIST images with ``attack``, its
+    experiment, and 10 clean images per class of the defender's pool."""
+    run = tmp_path_factory.mktemp(f"vision-nft-{attack}") / "run"
     metrics, _ = make_attack_run(modality, AttackSpec(
-        dataset="fashion-mnist", model="small-cnn", attack="badnets", epochs=15, batch_size=64, lr=0.05,
+        dataset="fashion-mnist", model="small-cnn", attack=attack, epochs=15, batch_size=64, lr=0.05,
         holdout=1000, train_limit=5000, test_limit=1000, progress=False, device="cpu"), run)
     experiment = modality.load_experiment(run, device="cpu")
     clean = select_clean_subset(experiment.defender_pool, per_class=10, seed=0, labels=experiment.pool_labels)
     return metrics, experiment, clean
+
+
+@pytest.fixture(scope="module")
+def badnets(tmp_path_factory):
+    return _backdoored(tmp_path_factory, "badnets")
 
 
 def _nft(experiment, clean, **changes):
@@ -91,13 +97,7 @@ def test_the_searched_patches_alone_find_the_trigger_corner_and_remove_what_mixu
 
 @pytest.fixture(scope="module")
 def sig(tmp_path_factory):
-    run = tmp_path_factory.mktemp("vision-nft-sig") / "run"
-    metrics, _ = make_attack_run(modality, AttackSpec(
-        dataset="fashion-mnist", model="small-cnn", attack="sig", epochs=15, batch_size=64, lr=0.05,
-        holdout=1000, train_limit=5000, test_limit=1000, progress=False, device="cpu"), run)
-    experiment = modality.load_experiment(run, device="cpu")
-    clean = select_clean_subset(experiment.defender_pool, per_class=10, seed=0, labels=experiment.pool_labels)
-    return metrics, experiment, clean
+    return _backdoored(tmp_path_factory, "sig")
 
 
 def _searched(experiment, clean) -> dict:

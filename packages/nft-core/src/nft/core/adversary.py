@@ -120,6 +120,19 @@ class UniversalAdversary:
             self.delta.copy_(state["delta"])
 
 
+def require_spatial(space: InputSpace, what: str, option: str) -> None:
+    """The searches stamp regions of the last two dimensions: refuse samples without them."""
+    if len(space.shape) < 3:
+        raise ConfigError(f"{what} need samples with two spatial dimensions last (images, clips), and the "
+                          f"input space's shape is {tuple(space.shape)}; set {option}=0")
+
+
+def require_labelled(inputs, targets, what: str, option: str) -> None:
+    """The grating and composite scans count answers per class: a tensor batch, one label each."""
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor) or targets.dim() != 1:
+        raise ConfigError(f"{what} need tensor batches with one class label per sample; set {option}=0")
+
+
 def patch_positions(length: int, side: int, stride: int) -> list[int]:
     """Offsets of a box of ``side`` along an axis of ``length``, every ``stride``, the far edge
     always included (patch triggers usually sit in a corner)."""
@@ -161,10 +174,7 @@ class PatchAdversary:
         if not 0 < size < 1 or count < 1 or ratio < 1 or iters < 0 or samples < 1:
             raise ConfigError(f"the adversarial patches need 0 < size < 1, count ≥ 1, ratio ≥ 1, iters ≥ 0 "
                               f"and samples ≥ 1, got {size}, {count}, {ratio}, {iters}, {samples}")
-        if len(space.shape) < 3:
-            raise ConfigError(f"adversarial patches need samples with two spatial dimensions last "
-                              f"(images, clips), and the input space's shape is {tuple(space.shape)}; "
-                              "set adv_patch_prob=0")
+        require_spatial(space, "adversarial patches", "adv_patch_prob")
         self.space, self.prob, self.count, self.ratio = space, float(prob), int(count), float(ratio)
         self.iters, self.samples = int(iters), int(samples)
         height, width = space.shape[-2:]
@@ -311,10 +321,7 @@ class GratingAdversary:
             raise ConfigError(f"the adversarial gratings need 0 < amplitude ≤ 1, 0 < share ≤ 1, ratio ≥ 1, "
                               f"count ≥ 1 and samples ≥ 1, got {amplitude}, {share}, {ratio}, {count}, "
                               f"{samples}")
-        if len(space.shape) < 3:
-            raise ConfigError(f"adversarial gratings need samples with two spatial dimensions last "
-                              f"(images, clips), and the input space's shape is {tuple(space.shape)}; "
-                              "set adv_wave_prob=0")
+        require_spatial(space, "adversarial gratings", "adv_wave_prob")
         self.space, self.prob, self.amplitude = space, float(prob), float(amplitude)
         self.share, self.ratio = float(share), float(ratio)
         self.count, self.samples = int(count), int(samples)
@@ -348,9 +355,7 @@ class GratingAdversary:
     def search(self, model: torch.nn.Module, task, inputs: torch.Tensor, targets, generator: torch.Generator) -> None:
         """Score every grating on (up to ``samples`` of) a clean batch by the largest share of
         other-class samples it sends to one class; ``generator`` is unused (the scan is a grid)."""
-        if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor) or targets.dim() != 1:
-            raise ConfigError("adversarial gratings need tensor batches with one class label per sample; "
-                              "set adv_wave_prob=0")
+        require_labelled(inputs, targets, "adversarial gratings", "adv_wave_prob")
         self.space.sample_shape(inputs)
         n = min(self.samples, inputs.shape[0])
         x, y = inputs[:n].detach(), targets[:n].to(inputs.device)
@@ -450,10 +455,7 @@ class CompositeAdversary:
             raise ConfigError(f"the adversarial composites need 0 < share ≤ 1, ratio ≥ 1, count ≥ 1, "
                               f"per_class ≥ 1 and samples ≥ 2, got {share}, {ratio}, {count}, {per_class}, "
                               f"{samples}")
-        if len(space.shape) < 3:
-            raise ConfigError(f"adversarial composites need samples with two spatial dimensions last "
-                              f"(images, clips), and the input space's shape is {tuple(space.shape)}; "
-                              "set adv_composite_prob=0")
+        require_spatial(space, "adversarial composites", "adv_composite_prob")
         self.space, self.prob, self.share, self.ratio = space, float(prob), float(share), float(ratio)
         self.count, self.per_class, self.samples = int(count), int(per_class), int(samples)
         self.pairs: list[tuple[int, int, int]] = []  # (class a, class b, the third class) of each kept pair
@@ -473,9 +475,7 @@ class CompositeAdversary:
     def search(self, model: torch.nn.Module, task, inputs: torch.Tensor, targets, generator: torch.Generator) -> None:
         """Score every pair of classes of (up to ``samples`` of) a clean batch by the share of its
         composites sent to one third class; ``generator`` is unused (the scan is exhaustive)."""
-        if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor) or targets.dim() != 1:
-            raise ConfigError("adversarial composites need tensor batches with one class label per sample; "
-                              "set adv_composite_prob=0")
+        require_labelled(inputs, targets, "adversarial composites", "adv_composite_prob")
         self.space.sample_shape(inputs)
         n = min(self.samples, inputs.shape[0])
         x, y = inputs[:n].detach(), targets[:n].to(inputs.device)
@@ -516,23 +516,21 @@ class CompositeAdversary:
             raise ConfigError("the adversarial composites were not searched yet; call search() first")
         if not self.pairs:
             return inputs
-        b = inputs.shape[0]
-        device = generator.device
+        b, device = inputs.shape[0], generator.device
 
-        def draw(high: int) -> list[int]:
-            return torch.randint(high, (b,), generator=generator, device=device).tolist()
+        def draw(high: int) -> torch.Tensor:
+            return torch.randint(high, (b,), generator=generator, device=device).to(inputs.device)
 
-        chosen = (torch.rand(b, generator=generator, device=device) < self.prob).tolist()
+        chosen = (torch.rand(b, generator=generator, device=device) < self.prob).to(inputs.device)
         pair, member, image = draw(len(self.pairs)), draw(2), draw(self.per_class)
-        vertical, first = draw(2), draw(2)
-        out = inputs.clone()
-        for i in range(b):
-            if not chosen[i]:
-                continue
-            pasted = self.images[pair[i], member[i], image[i]].to(inputs)
-            out[i] = (half_composite(pasted, inputs[i], bool(vertical[i])) if first[i]
-                      else half_composite(inputs[i], pasted, bool(vertical[i])))
-        return out
+        vertical, first = draw(2).bool(), draw(2).bool()
+        pasted = self.images.to(inputs)[pair, member, image]
+        height, width = inputs.shape[-2:]
+        rows = torch.arange(height, device=inputs.device).view(-1, 1) >= height // 2
+        cols = torch.arange(width, device=inputs.device).view(1, -1) >= width // 2
+        after_cut = torch.where(vertical.view(-1, 1, 1), cols, rows)  # [b, H, W]: the half after the cut
+        region = (after_cut != first.view(-1, 1, 1)) & chosen.view(-1, 1, 1)  # where the pasted half goes
+        return torch.where(region.view(b, *[1] * (inputs.dim() - 3), height, width), pasted, inputs)
 
     def summary(self) -> dict:
         return {"adv_composites": [[a, b, third, round(score, 3)]

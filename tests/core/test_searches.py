@@ -1,0 +1,60 @@
+"""The purification loop's searched patterns (patches, gratings, composites) share one life:
+searched once on the first batch, recorded every round, kept fixed, saved with the loop state
+and resumed from it; without the modality's input space the option is refused with its fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from nft.core import PurifyConfig
+from nft.core.defenses.base import InputSpace
+from nft.core.errors import ConfigError
+from nft.core.purify import Purifier
+
+from .toy_models import CNNBatchNorm
+
+# settings under which an untrained network keeps something: every rule at its loosest
+SEARCHES = {
+    "patches": ("adv_patch_prob", "adv_patches",
+                dict(adv_patch_size=0.25, adv_patch_count=2, adv_patch_ratio=1.0)),
+    "gratings": ("adv_wave_prob", "adv_waves",
+                 dict(adv_wave_amplitude=0.5, adv_wave_share=0.01, adv_wave_ratio=1.0)),
+    "composites": ("adv_composite_prob", "adv_composites",
+                   dict(adv_composite_share=0.01, adv_composite_ratio=1.0)),
+}
+
+
+def _same_state(first: dict, second: dict) -> bool:
+    return first.keys() == second.keys() and all(
+        torch.equal(first[k], second[k]) if isinstance(first[k], torch.Tensor) else first[k] == second[k]
+        for k in first)
+
+
+@pytest.mark.parametrize("name", list(SEARCHES))
+def test_the_purifier_searches_once_records_the_findings_and_resumes_with_them(name, tmp_path):
+    option, key, loosest = SEARCHES[name]
+    torch.manual_seed(0)
+    data = TensorDataset(torch.rand(40, 3, 8, 8), torch.arange(40) % 4)  # 10 per class: composites need 8
+    space = InputSpace(shape=(3, 8, 8), lower=0.0, upper=1.0)
+    config = PurifyConfig(steps=6, rounds=2, batch_size=40, distill_weight=0.0, device="cpu",
+                          **{option: 0.5, **loosest})
+    purifier = Purifier(CNNBatchNorm(), data, config, input_space=space)
+    assert [search for search in (purifier.patches, purifier.gratings, purifier.composites)
+            if search is not None] == [getattr(purifier, name)]  # only the one asked for
+    purifier.step()
+    search = getattr(purifier, name)
+    assert search.searched and search.active
+    found = search.state_dict()
+    kept = len(search.summary()[key])
+    purifier.save_state(tmp_path / "state.pt")
+    purifier.run()
+    assert _same_state(search.state_dict(), found)  # searched once, then fixed
+    assert [len(entry[key]) for entry in purifier.history] == [kept] * 2
+    resumed = Purifier(CNNBatchNorm(), data, config, input_space=space)
+    resumed.load_state(tmp_path / "state.pt")
+    assert getattr(resumed, name).searched and _same_state(getattr(resumed, name).state_dict(), found)
+    with pytest.raises(ConfigError, match=f"needs the modality's input space.*{option}=0"):
+        Purifier(CNNBatchNorm(), data, config)
+    assert getattr(Purifier(CNNBatchNorm(), data, PurifyConfig(steps=2, rounds=1)), name) is None
