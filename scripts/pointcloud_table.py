@@ -122,7 +122,8 @@ def purify_run(run_dir: Path, args) -> dict:
     before = exp.evaluate(exp.model)
     clean = select_clean_subset(exp.defender_pool, per_class=args.per_class, labels=exp.pool_labels,
                                 seed=args.seed)
-    result = purify(exp.model, clean, config, task=exp.task, augmentation=augmentation)
+    result = purify(exp.model, clean, config, task=exp.task, augmentation=augmentation,
+                    input_space=exp.input_space)
     after = exp.evaluate(result.model)
     out = {"before": before, "after": after, "seconds": result.seconds, "clean": len(clean),
            "config": config.to_dict(), "augmentation": repr(augmentation), "overrides": {**overrides, **augment}}

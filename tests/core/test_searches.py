@@ -1,4 +1,4 @@
-"""The purification loop's searched patterns (patches, gratings, composites) share one life:
+"""The purification loop's searched patterns (patches, gratings, composites, a modality's own) share one life:
 searched once on the first batch, recorded every round, kept fixed, saved with the loop state
 and resumed from it; without the modality's input space the option is refused with its fix."""
 
@@ -58,3 +58,56 @@ def test_the_purifier_searches_once_records_the_findings_and_resumes_with_them(n
     with pytest.raises(ConfigError, match=f"needs the modality's input space.*{option}=0"):
         Purifier(CNNBatchNorm(), data, config)
     assert getattr(Purifier(CNNBatchNorm(), data, PurifyConfig(steps=2, rounds=1)), name) is None
+
+
+class _ShiftSearch:
+    """A modality's own search, as ``InputSpace.searches`` brings one: it "finds" the clean
+    batch's mean and adds it to the stamped samples; it counts its calls."""
+
+    def __init__(self, space: InputSpace, prob: float) -> None:
+        self.space, self.prob, self.shift, self.calls = space, prob, None, {"search": 0, "perturb": 0}
+
+    searched = property(lambda self: self.shift is not None)
+    active = property(lambda self: self.searched)
+
+    def search(self, model, task, inputs, targets, generator) -> None:
+        self.calls["search"] += 1
+        self.shift = inputs.mean().reshape(1)
+
+    def perturb(self, inputs, generator):
+        self.calls["perturb"] += 1
+        chosen = (torch.rand(inputs.shape[0], generator=generator) < self.prob).view(-1, 1, 1, 1)
+        return torch.where(chosen, inputs + self.shift, inputs)
+
+    def summary(self) -> dict:
+        return {"shift": float(self.shift)}
+
+    def state_dict(self) -> dict:
+        return {"shift": self.shift.clone()} if self.searched else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shift = state["shift"].clone() if state else None
+
+
+def test_the_input_spaces_own_searches_run_like_the_cores(tmp_path):
+    torch.manual_seed(0)
+    data = TensorDataset(torch.rand(16, 3, 8, 8), torch.arange(16) % 4)
+    space = InputSpace(shape=(3, 8, 8), searches=(_ShiftSearch,))
+    config = PurifyConfig(steps=4, rounds=2, batch_size=16, distill_weight=0.0, device="cpu", adv_search_prob=0.5)
+    purifier = Purifier(CNNBatchNorm(), data, config, input_space=space)
+    (search,) = purifier.space_searches
+    assert isinstance(search, _ShiftSearch) and search.prob == 0.5
+    purifier.step()
+    found = search.state_dict()
+    purifier.save_state(tmp_path / "state.pt")
+    purifier.run()
+    assert search.calls == {"search": 1, "perturb": 4}  # searched once, stamped at every step
+    assert [entry["shift"] for entry in purifier.history] == [float(found["shift"])] * 2
+    resumed = Purifier(CNNBatchNorm(), data, config, input_space=space)
+    resumed.load_state(tmp_path / "state.pt")
+    assert torch.equal(resumed.space_searches[0].state_dict()["shift"], found["shift"])
+    with pytest.raises(ConfigError, match=r"this input space .* has none; set adv_search_prob=0"):
+        Purifier(CNNBatchNorm(), data, config, input_space=InputSpace(shape=(3, 8, 8)))
+    with pytest.raises(ConfigError, match="needs the modality's input space.*adv_search_prob=0"):
+        Purifier(CNNBatchNorm(), data, config)
+    assert Purifier(CNNBatchNorm(), data, PurifyConfig(steps=2, rounds=1), input_space=space).space_searches == []

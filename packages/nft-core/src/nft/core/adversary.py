@@ -267,7 +267,8 @@ class PatchAdversary:
         if not self.searched:
             return {}
         return {"boxes": torch.tensor(self.boxes, dtype=torch.long).view(-1, 2),
-                "scores": torch.tensor(self.scores), "typical": torch.tensor(self.typical),
+                "scores": torch.tensor(self.scores, dtype=torch.float64),
+                "typical": torch.tensor(self.typical, dtype=torch.float64),
                 "contents": self.contents.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -397,7 +398,8 @@ class GratingAdversary:
         if not self.searched:
             return {}
         return {"waves": torch.tensor(self.waves, dtype=torch.float64).view(-1, 3),
-                "scores": torch.tensor(self.scores, dtype=torch.float64), "typical": torch.tensor(self.typical)}
+                "scores": torch.tensor(self.scores, dtype=torch.float64),
+                "typical": torch.tensor(self.typical, dtype=torch.float64)}
 
     def load_state_dict(self, state: dict) -> None:
         if state:
@@ -542,7 +544,7 @@ class CompositeAdversary:
             return {}
         return {"pairs": torch.tensor(self.pairs, dtype=torch.long).view(-1, 3),
                 "scores": torch.tensor(self.scores, dtype=torch.float64),
-                "typical": torch.tensor(self.typical), "images": self.images.detach().clone()}
+                "typical": torch.tensor(self.typical, dtype=torch.float64), "images": self.images.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if state:

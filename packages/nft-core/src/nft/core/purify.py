@@ -177,6 +177,14 @@ class PurifyConfig(DefenseConfig):
     """A class pair is kept only if at least this share of its composites go to one third class."""
     adv_composite_ratio: float = 3.0
     """... and at least this multiple of the median pair's share."""
+    adv_search_prob: float = 0.0
+    """Share of each batch's samples stamped by the searches the modality's input space brings
+    (``InputSpace.searches``): before the first step each scans one clean batch for a pattern of
+    its modality's kind that sends the samples of other classes to one class, and the few that
+    stand out are stamped on this share of the samples, which keep their labels. 0 turns them off
+    (the core's default); the point-cloud modality sets 0.5 for its searched point clusters
+    (``nft.pointcloud.ClusterAdversary``; docs/pointcloud.md). Needs an input space that has
+    searches."""
     reg_weight: float = 0.001
     """Weight of Σ|1 − m|; divided by the clean samples per class when ``reg_per_class``."""
     reg_per_class: bool = True
@@ -267,6 +275,7 @@ class PurifyConfig(DefenseConfig):
              f"adv_composite_share must be in (0, 1], got {self.adv_composite_share}"),
             (self.adv_composite_ratio >= 1,
              f"adv_composite_ratio must be ≥ 1, got {self.adv_composite_ratio}"),
+            (0 <= self.adv_search_prob <= 1, f"adv_search_prob must be in [0, 1], got {self.adv_search_prob}"),
             (0 < self.pattern_max_patch <= 1,
              f"pattern_max_patch must be in (0, 1], got {self.pattern_max_patch}"),
             (0 < self.pattern_max_alpha <= 1,
@@ -429,6 +438,7 @@ class Purifier:
         self.patches = self._patches(input_space)
         self.gratings = self._gratings(input_space)
         self.composites = self._composites(input_space)
+        self.space_searches = self._space_searches(input_space)
         self.masked: MaskedModel = to_memory_format(
             inject_masks(model, self.config.masks).to(self.device), self.config.channels_last)
         self.scaler = grad_scaler(self.device, self.config.precision)
@@ -519,14 +529,26 @@ class Purifier:
                                   share=self.config.adv_composite_share,
                                   ratio=self.config.adv_composite_ratio)
 
+    def _space_searches(self, input_space: InputSpace | None) -> list:
+        if self.config.adv_search_prob == 0:
+            return []
+        self._require_input_space(input_space, "adv_search_prob", "stamps the modality's searched patterns")
+        if not input_space.searches:
+            raise ConfigError(
+                f"adv_search_prob={self.config.adv_search_prob} stamps the patterns the modality's own "
+                f"searches find, and this input space (samples of shape {tuple(input_space.shape)}) has "
+                "none; set adv_search_prob=0")
+        return [make(input_space, self.config.adv_search_prob) for make in input_space.searches]
+
     @property
-    def _searches(self) -> list[PatchAdversary | GratingAdversary | CompositeAdversary]:
-        """The searched patterns of this purification (patches, gratings, composites), in
-        stamping order."""
-        return [search for search in (self.patches, self.gratings, self.composites) if search is not None]
+    def _searches(self) -> list:
+        """The searched patterns of this purification (patches, gratings, composites, then the
+        modality's own), in stamping order."""
+        core = [search for search in (self.patches, self.gratings, self.composites) if search is not None]
+        return core + self.space_searches
 
     def _search(self, inputs: Any, targets: Any) -> None:
-        """The searches for patches, gratings and composites, on the first batch, with the masks
+        """The searches (patches, gratings, composites, the modality's own), on the first batch, with the masks
         still at 1 (the model as it came in) and in eval mode, each drawing from its own generator so that
         the loop's random stream (mixing, patterns) is the same with or without them; on
         several ranks, rank 0's findings are used by all."""
@@ -695,6 +717,8 @@ class Purifier:
             **({"patches": self.patches.state_dict()} if self.patches is not None else {}),
             **({"gratings": self.gratings.state_dict()} if self.gratings is not None else {}),
             **({"composites": self.composites.state_dict()} if self.composites is not None else {}),
+            **({"space_searches": [search.state_dict() for search in self.space_searches]}
+               if self.space_searches else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -714,6 +738,8 @@ class Purifier:
             self.gratings.load_state_dict(state["gratings"])
         if self.composites is not None and "composites" in state:
             self.composites.load_state_dict(state["composites"])
+        for search, saved in zip(self.space_searches, state.get("space_searches", [])):
+            search.load_state_dict(saved)
         self.step_index = int(state["step"])
 
     def save_state(self, path: str | Path) -> None:

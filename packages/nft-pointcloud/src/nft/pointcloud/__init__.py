@@ -34,10 +34,12 @@ from .data import (
 from .metrics import evaluate_pointcloud, mean_class_accuracy, overall_accuracy
 from .modality import DEFAULT_MASKS, PointCloudModality, PointCloudTask, build_model, make_trigger
 from .models import DGCNN, PointNet, PointNet2
+from .searches import ClusterAdversary, cluster_centres
 
 modality = PointCloudModality()
 
 __all__ = [
+    "ClusterAdversary",
     "DEFAULT_MASKS",
     "DGCNN",
     "IRBA",
@@ -62,6 +64,7 @@ __all__ = [
     "SHAPE_CLASSES",
     "Shapes",
     "build_model",
+    "cluster_centres",
     "evaluate_pointcloud",
     "load_modelnet",
     "make_trigger",

@@ -45,6 +45,13 @@ class InputSpace:
     lower: torch.Tensor | float = 0.0
     upper: torch.Tensor | float = 1.0
     scale: torch.Tensor | float = 1.0
+    searches: tuple[Callable[[InputSpace, float], Any], ...] = ()
+    """The modality's own searched patterns, for inputs the core's patch, grating and composite
+    searches cannot reach (point clouds: clusters of points). Each is a factory
+    ``(space, prob) -> search`` whose result has the interface of
+    :class:`~nft.core.adversary.PatchAdversary` (``search``, ``perturb``, ``active``,
+    ``searched``, ``summary``, ``state_dict``, ``load_state_dict``); NFT builds them when
+    ``adv_search_prob > 0`` and runs them like its own searches."""
 
     def sample_shape(self, inputs: Any) -> tuple[int, ...]:
         """One sample's shape, checked against a batch (a clear error if they disagree)."""
