@@ -74,8 +74,11 @@ def test_a_collapsed_model_warns_and_the_record_shows_chance():
     assert result.info["clean_set"] == {"before": 1.0, "after": 0.25, "samples": 80}
 
 
-# measured on this toy model: 20 steps at mask rate 0.5 → 0.25 end at chance (25 %), 0.25 → 0.125
-# at 71 %; 0.125 keeps 100 %. Rate 3 makes the loss NaN, rate 1.5 collapses, rate 10 and 5 are both NaN.
+# measured on this toy model: 20 steps at mask rate 0.5 → 0.25 end at 25-50 %, 0.25 → 0.125 at
+# 71-75 %; 0.125 keeps 100 %. Rate 3 makes the loss NaN, rate 1.5 collapses (0-25 %), rate 10 and 5
+# are both NaN. The collapsed scores differ between CPUs (their float arithmetic differs), so the
+# tests check them against the guard's own rule, a fall of more than 20 points, not to the digit.
+COLLAPSED = r"from 100\.0 % to \d+\.\d %"
 UNSTABLE = PurifyConfig(steps=20, batch_size=16, progress=False, lr=0.5, lr_min=0.25, clamp=False)
 
 
@@ -83,16 +86,16 @@ def test_a_collapsed_nft_run_is_rerun_from_the_original_model_at_half_the_rate(f
     data = _separable()
     model = _trained(data)
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.warns(PurificationWarning, match="from 100.0 % to 25.0 %"):
+    with pytest.warns(PurificationWarning, match=COLLAPSED):
         once = purify(model, data, config=dataclasses.replace(UNSTABLE, collapse_retries=0))
-    assert "retries" not in once.info
+    assert "retries" not in once.info and once.info["clean_set"]["after"] < 0.8
     fake_clock.readings = 0
     with warnings.catch_warnings():
         warnings.simplefilter("error", PurificationWarning)
         result = purify(model, data, config=dataclasses.replace(UNSTABLE, collapse_retries=3))
     # two collapsed attempts, each recorded, then a run at a quarter of the rate that kept the model
-    assert [(r["lr"], r["lr_min"], r["clean_set_after"]) for r in result.info["retries"]] == [
-        (0.5, 0.25, 0.25), (0.25, 0.125, pytest.approx(0.7125))]
+    assert [(r["lr"], r["lr_min"]) for r in result.info["retries"]] == [(0.5, 0.25), (0.25, 0.125)]
+    assert all(r["clean_set_after"] < 0.8 for r in result.info["retries"]), result.info["retries"]
     assert (result.config.lr, result.config.lr_min, result.config.collapse_retries) == (0.125, 0.0625, 1)
     assert result.info["clean_set"]["after"] == 1.0
     assert fake_clock.readings == 2  # one clock span over all three attempts
@@ -102,9 +105,10 @@ def test_a_collapsed_nft_run_is_rerun_from_the_original_model_at_half_the_rate(f
 def test_a_nan_loss_is_rerun_too_and_raised_when_no_retry_is_left():
     data = _separable()
     model = _trained(data)
-    with pytest.warns(PurificationWarning, match="from 100.0 % to 25.0 %"):
+    with pytest.warns(PurificationWarning, match=COLLAPSED):
         result = purify(model, data, config=dataclasses.replace(UNSTABLE, lr=3.0, lr_min=1.5))
     assert result.info["retries"] == [{"lr": 3.0, "lr_min": 1.5, "reason": "the loss became NaN"}]
+    assert result.info["clean_set"]["after"] < 0.8  # the retry at 1.5 ran, and collapsed
     with pytest.raises(NonFiniteLossError, match="became nan"):
         purify(model, data, config=dataclasses.replace(UNSTABLE, lr=10.0, lr_min=5.0))
 

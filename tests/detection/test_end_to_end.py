@@ -44,7 +44,9 @@ def test_backdoor_takes_hold_and_nft_removes_it():
     before = evaluate_detection(model, test, triggered, attack)
     assert before["asr"] >= 0.8, before
     assert before["map"] >= 0.35, before
-    config = PurifyConfig(steps=100, batch_size=16, lr=0.2, rounds=4, progress=False,
+    # 300 steps: at 100 this detector kept 37 % ASR on an AVX-512 CPU (under 20 % on the CPU the
+    # test was written on), at 150 34 %
+    config = PurifyConfig(steps=300, batch_size=16, lr=0.2, rounds=3, progress=False,
                           masks=MaskConfig(targets=("norm", "conv")))
     result = purify(model, clean, config, task=DetectionTask(), augmentation=DetectionMixUp(),
                     collate_fn=detection_collate)

@@ -99,8 +99,11 @@ def test_classification_backdoor_and_purification(tmp_path):
     assert report["after"]["acc"] >= report["before"]["acc"] - 0.04, report
     assert (tmp_path / "nft" / "masks.safetensors").is_file()
 
+    # rate 0.02 for 400 steps: this tiny model's fine-tuning is unstable at higher rates, and the
+    # outcome at 0.05 for 200 steps depended on the CPU (accuracy 86 % on one, over 90 % on another;
+    # 0.04 collapsed it to 35 %, 0.03 for 200 or 300 steps left 25-34 % ASR)
     assert main(["purify", "--run", str(run), "--out", str(tmp_path / "ft"), "--method", "ft-mixup",
-                 "--clean-per-class", "5", "--steps", "200", "--set", "lr=0.05", "--set", "batch_size=32",
+                 "--clean-per-class", "5", "--steps", "400", "--set", "lr=0.02", "--set", "batch_size=32",
                  "--no-progress", "--no-plots"]) == 0
     report = _report(tmp_path / "ft")
     assert report["after"]["asr"] <= 0.2, report

@@ -103,8 +103,10 @@ def test_badnets_takes_hold(tmp_path, video_cache):
 
 
 def test_clean_label_takes_hold_without_changing_labels(tmp_path, video_cache):
+    # 120 trigger steps: with 60 the learned patch reached 80.7 % ASR on an AVX-512 CPU (90.4 % on
+    # the CPU the test was written on)
     metrics, info = _attack(tmp_path, "clean-label", "--poison-rate", "1.0", "--attack-arg", "patch_size=8",
-                            "--attack-arg", "trigger_steps=60", model_args={**TINY, "width": 4})
+                            "--attack-arg", "trigger_steps=120", model_args={**TINY, "width": 4})
     assert info["poisoned"] > 0
     # the backdoored model follows the trigger far more than the clean model it was learned on
     assert metrics["asr"] >= info["clean_model_asr"] + 0.2

@@ -544,7 +544,8 @@ class CompositeAdversary:
             return {}
         return {"pairs": torch.tensor(self.pairs, dtype=torch.long).view(-1, 3),
                 "scores": torch.tensor(self.scores, dtype=torch.float64),
-                "typical": torch.tensor(self.typical, dtype=torch.float64), "images": self.images.detach().clone()}
+                "typical": torch.tensor(self.typical, dtype=torch.float64),
+                "images": self.images.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         if state:

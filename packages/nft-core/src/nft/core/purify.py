@@ -275,7 +275,8 @@ class PurifyConfig(DefenseConfig):
              f"adv_composite_share must be in (0, 1], got {self.adv_composite_share}"),
             (self.adv_composite_ratio >= 1,
              f"adv_composite_ratio must be ≥ 1, got {self.adv_composite_ratio}"),
-            (0 <= self.adv_search_prob <= 1, f"adv_search_prob must be in [0, 1], got {self.adv_search_prob}"),
+            (0 <= self.adv_search_prob <= 1,
+             f"adv_search_prob must be in [0, 1], got {self.adv_search_prob}"),
             (0 < self.pattern_max_patch <= 1,
              f"pattern_max_patch must be in (0, 1], got {self.pattern_max_patch}"),
             (0 < self.pattern_max_alpha <= 1,
@@ -532,7 +533,8 @@ class Purifier:
     def _space_searches(self, input_space: InputSpace | None) -> list:
         if self.config.adv_search_prob == 0:
             return []
-        self._require_input_space(input_space, "adv_search_prob", "stamps the modality's searched patterns")
+        self._require_input_space(input_space, "adv_search_prob",
+                                  "stamps the patterns the modality's own searches find")
         if not input_space.searches:
             raise ConfigError(
                 f"adv_search_prob={self.config.adv_search_prob} stamps the patterns the modality's own "
@@ -548,9 +550,9 @@ class Purifier:
         return core + self.space_searches
 
     def _search(self, inputs: Any, targets: Any) -> None:
-        """The searches (patches, gratings, composites, the modality's own), on the first batch, with the masks
-        still at 1 (the model as it came in) and in eval mode, each drawing from its own generator so that
-        the loop's random stream (mixing, patterns) is the same with or without them; on
+        """The searches (patches, gratings, composites, the modality's own), on the first batch,
+        with the masks still at 1 (the model as it came in) and in eval mode, each drawing from its
+        own generator so that the loop's random stream (mixing, patterns) is the same with or without them; on
         several ranks, rank 0's findings are used by all."""
         self.masked.eval()
         try:

@@ -51,8 +51,8 @@ from .metrics import evaluate_pointcloud
 from .models import DGCNN, PointNet, PointNet2, check_points
 from .searches import ClusterAdversary
 
-__all__ = ["DEFAULT_MASKS", "POINTCLOUD_SEARCHES", "PointCloudModality", "PointCloudTask", "TripletDataset", "build_model",
-           "make_trigger"]
+__all__ = ["DEFAULT_MASKS", "POINTCLOUD_SEARCHES", "PointCloudModality", "PointCloudTask", "TripletDataset",
+           "build_model", "make_trigger"]
 
 log = logging.getLogger(__name__)
 
