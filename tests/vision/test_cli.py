@@ -34,7 +34,7 @@ def test_defender_pool_is_disjoint_from_training_and_poison():
 
 
 @pytest.mark.integration
-def test_attack_then_purify_writes_the_documented_files(tmp_path, capsys):
+def test_attack_then_purify_writes_the_documented_files(tmp_path, capsys, fake_clock):
     run, out = tmp_path / "run", tmp_path / "purified"
     code = main(["attack", "--modality", "vision", "--dataset", "digits", "--model", "small-cnn",
                  "--attack", "badnets", "--epochs", "10", "--batch-size", "64", "--lr", "0.05",
@@ -48,6 +48,7 @@ def test_attack_then_purify_writes_the_documented_files(tmp_path, capsys):
     assert report["acc"] > 0.85 and report["asr"] > 0.8
     assert json.loads((run / "model.json").read_text())["name"] == "small-cnn"
 
+    fake_clock.readings = 0
     code = main(["purify", "--run", str(run), "--out", str(out), "--clean-per-class", "5",
                  "--steps", "20", "--no-progress", "--device", "cpu"])
     assert code == 0
@@ -55,7 +56,9 @@ def test_attack_then_purify_writes_the_documented_files(tmp_path, capsys):
                  "metrics.png", "masks.png"):
         assert (out / name).is_file(), name
     result = json.loads((out / "report.json").read_text())
-    assert result["clean_samples"] == 50 and result["seconds"] > 0
+    # the report's time is purify()'s own span, read from the fake clock (two readings, 1.0 apart)
+    span = result["seconds"]
+    assert result["clean_samples"] == 50 and fake_clock.readings == 2 and span == 1.0
     assert result["before"]["asr"] == pytest.approx(report["asr"])
     assert result["before"]["acc"] == pytest.approx(report["acc"])
     assert len(load_tensors(out / "masks.safetensors")) == 3  # every BN of the small CNN
