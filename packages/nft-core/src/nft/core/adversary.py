@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from .defenses.base import InputSpace
 
 __all__ = ["CompositeAdversary", "GratingAdversary", "PatchAdversary", "UniversalAdversary", "ascend_within",
-           "grating", "half_composite", "patch_positions"]
+           "grating", "half_composite", "keep_standouts", "patch_positions", "share_sent_to_one_class",
+           "stamp_rows"]
 
 
 @torch.no_grad()
@@ -131,6 +132,32 @@ def require_labelled(inputs, targets, what: str, option: str) -> None:
     """The grating and composite scans count answers per class: a tensor batch, one label each."""
     if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor) or targets.dim() != 1:
         raise ConfigError(f"{what} need tensor batches with one class label per sample; set {option}=0")
+
+
+def share_sent_to_one_class(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """The largest share of the samples of other classes that one class receives: what a
+    trigger drives to 1 and a natural pattern does not (the grating and cluster scans' score)."""
+    return max(float(((predicted == c) & (labels != c)).sum()) / max(1, int((labels != c).sum()))
+               for c in torch.unique(predicted))
+
+
+def keep_standouts(found: list[tuple], share: float, ratio: float, count: int) -> tuple[float, list[tuple]]:
+    """Of scanned patterns ``(share sent, loss, pattern)``: the median share, and the ``count``
+    of highest loss among those whose share reaches both ``share`` and ``ratio`` times the median."""
+    typical = float(np.median([sent for sent, *_ in found]))
+    bar = max(share, ratio * typical)
+    passing = sorted((item for item in found if item[0] >= bar), key=lambda item: -item[1])[:count]
+    return typical, passing
+
+
+def stamp_rows(batch: int, kinds: int, prob: float, generator: torch.Generator,
+               device: torch.device) -> list[torch.Tensor]:
+    """For each of ``kinds`` kept patterns, the rows of a ``batch``-sample batch that get it: each
+    sample with probability ``prob``, one pattern drawn per sample (shared by every search's
+    stamping, so they draw from the loop's generator alike)."""
+    chosen = torch.rand(batch, generator=generator, device=generator.device) < prob
+    which = torch.randint(kinds, (batch,), generator=generator, device=generator.device)
+    return [(chosen & (which == k)).nonzero().flatten().to(device) for k in range(kinds)]
 
 
 def patch_positions(length: int, side: int, stride: int) -> list[int]:
@@ -249,14 +276,11 @@ class PatchAdversary:
                               "set adv_patch_prob=0")
         if not self.boxes:
             return inputs  # no box stood out: no patch trigger to train against
-        b = inputs.shape[0]
-        chosen = torch.rand(b, generator=generator, device=generator.device) < self.prob
-        which = torch.randint(len(self.boxes), (b,), generator=generator, device=generator.device)
         out = inputs.clone()
         contents = self.contents.to(inputs)
+        rows = stamp_rows(inputs.shape[0], len(self.boxes), self.prob, generator, inputs.device)
         for k, (top, left) in enumerate(self.boxes):
-            rows = (chosen & (which == k)).nonzero().flatten().to(inputs.device)
-            out[rows, ..., top:top + self.side, left:left + self.side] = contents[k]
+            out[rows[k], ..., top:top + self.side, left:left + self.side] = contents[k]
         return out
 
     def summary(self) -> dict:
@@ -363,13 +387,9 @@ class GratingAdversary:
         found = []
         for wave in self.candidates(*x.shape[-2:]):
             outputs = task.forward(model, self._add(x, wave))
-            predicted = task.predict(outputs).to(y.device)
-            classes = torch.unique(predicted)
-            sent = max(float(((predicted == c) & (y != c)).sum()) / max(1, int((y != c).sum())) for c in classes)
+            sent = share_sent_to_one_class(task.predict(outputs).to(y.device), y)
             found.append((sent, float(task.loss(outputs, y)), wave))
-        self.typical = float(np.median([sent for sent, *_ in found]))
-        bar = max(self.share, self.ratio * self.typical)
-        passing = sorted((item for item in found if item[0] >= bar), key=lambda item: -item[1])[: self.count]
+        self.typical, passing = keep_standouts(found, self.share, self.ratio, self.count)
         self.scores = [sent for sent, *_ in passing]
         self.waves = [wave for *_, wave in passing]
         self._searched = True
@@ -380,13 +400,10 @@ class GratingAdversary:
             raise ConfigError("the adversarial gratings were not searched yet; call search() first")
         if not self.waves:
             return inputs
-        b = inputs.shape[0]
-        chosen = torch.rand(b, generator=generator, device=generator.device) < self.prob
-        which = torch.randint(len(self.waves), (b,), generator=generator, device=generator.device)
         out = inputs.clone()
+        rows = stamp_rows(inputs.shape[0], len(self.waves), self.prob, generator, inputs.device)
         for k, wave in enumerate(self.waves):
-            rows = (chosen & (which == k)).nonzero().flatten().to(inputs.device)
-            out[rows] = self._add(inputs[rows], wave)
+            out[rows[k]] = self._add(inputs[rows[k]], wave)
         return out
 
     def summary(self) -> dict:

@@ -440,6 +440,9 @@ class Purifier:
         self.gratings = self._gratings(input_space)
         self.composites = self._composites(input_space)
         self.space_searches = self._space_searches(input_space)
+        # the searched patterns of this purification, in stamping order: the core's, then the modality's
+        self._searches = [search for search in (self.patches, self.gratings, self.composites)
+                          if search is not None] + self.space_searches
         self.masked: MaskedModel = to_memory_format(
             inject_masks(model, self.config.masks).to(self.device), self.config.channels_last)
         self.scaler = grad_scaler(self.device, self.config.precision)
@@ -542,18 +545,11 @@ class Purifier:
                 "none; set adv_search_prob=0")
         return [make(input_space, self.config.adv_search_prob) for make in input_space.searches]
 
-    @property
-    def _searches(self) -> list:
-        """The searched patterns of this purification (patches, gratings, composites, then the
-        modality's own), in stamping order."""
-        core = [search for search in (self.patches, self.gratings, self.composites) if search is not None]
-        return core + self.space_searches
-
     def _search(self, inputs: Any, targets: Any) -> None:
         """The searches (patches, gratings, composites, the modality's own), on the first batch,
         with the masks still at 1 (the model as it came in) and in eval mode, each drawing from its
-        own generator so that the loop's random stream (mixing, patterns) is the same with or without them; on
-        several ranks, rank 0's findings are used by all."""
+        own generator so that the loop's random stream (mixing, patterns) is the same with or
+        without them; on several ranks, rank 0's findings are used by all."""
         self.masked.eval()
         try:
             with autocast(self.device, self.config.precision):

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from nft.core import ConfigError, InputSpace
-from nft.core.adversary import require_labelled
+from nft.core.adversary import keep_standouts, require_labelled, share_sent_to_one_class, stamp_rows
 
 __all__ = ["ClusterAdversary", "cluster_centres"]
 
@@ -116,13 +116,9 @@ class ClusterAdversary:
         for radius in self.radii:
             for centre in self.centres.tolist():
                 outputs = task.forward(model, self._write(x, self.cluster(centre, radius, x)))
-                predicted = task.predict(outputs).to(y.device)
-                sent = max(float(((predicted == c) & (y != c)).sum()) / max(1, int((y != c).sum()))
-                           for c in torch.unique(predicted))
+                sent = share_sent_to_one_class(task.predict(outputs).to(y.device), y)
                 found.append((sent, float(task.loss(outputs, y)), (tuple(centre), radius)))
-        self.typical = float(np.median([sent for sent, *_ in found]))
-        bar = max(self.share, self.ratio * self.typical)
-        passing = sorted((item for item in found if item[0] >= bar), key=lambda item: -item[1])[: self.count]
+        self.typical, passing = keep_standouts(found, self.share, self.ratio, self.count)
         self.scores = [sent for sent, *_ in passing]
         self.kept = [place for *_, place in passing]
         self._searched = True
@@ -133,13 +129,10 @@ class ClusterAdversary:
             raise ConfigError("the clusters were not searched yet; call search() first")
         if not self.kept:
             return inputs
-        b = inputs.shape[0]
-        chosen = torch.rand(b, generator=generator, device=generator.device) < self.prob
-        which = torch.randint(len(self.kept), (b,), generator=generator, device=generator.device)
         out = inputs.clone()
+        rows = stamp_rows(inputs.shape[0], len(self.kept), self.prob, generator, inputs.device)
         for k, (centre, radius) in enumerate(self.kept):
-            rows = (chosen & (which == k)).nonzero().flatten().to(inputs.device)
-            out[rows] = self._write(inputs[rows], self.cluster(centre, radius, inputs))
+            out[rows[k]] = self._write(inputs[rows[k]], self.cluster(centre, radius, inputs))
         return out
 
     def summary(self) -> dict:
