@@ -342,9 +342,11 @@ class PCBA(_Cluster):
             log.warning("pcba: no centre reached target posterior %.2f on the surrogate (best %.2f); "
                         "using the best one seen — raise restarts / steps for a stronger trigger",
                         s.target_posterior, fallback_post)
-            best_center, best_dist = fallback, float("nan")
+            best_center = fallback
+            log.info("pcba centre %s (the best posterior's; its distance was not tracked)", best_center.tolist())
+        else:
+            log.info("pcba centre %s (mean squared distance to the object %.4f)", best_center.tolist(), best_dist)
         self.center = best_center
-        log.info("pcba centre %s (mean squared distance to the object %.4f)", best_center.tolist(), best_dist)
 
     def state(self) -> dict[str, Tensor]:
         return {"center": self.center.clone(), "radius": torch.tensor([self.radius])}
