@@ -19,7 +19,7 @@ is an RMS change of about 0.1; a blend at α = 0.2, about 0.08).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -141,12 +141,15 @@ def share_sent_to_one_class(predicted: torch.Tensor, labels: torch.Tensor) -> fl
                for c in torch.unique(predicted))
 
 
-def keep_standouts(found: list[tuple], share: float, ratio: float, count: int) -> tuple[float, list[tuple]]:
-    """Of scanned patterns ``(share sent, loss, pattern)``: the median share, and the ``count``
-    of highest loss among those whose share reaches both ``share`` and ``ratio`` times the median."""
-    typical = float(np.median([sent for sent, *_ in found]))
+def keep_standouts(found: list[tuple], share: float, ratio: float, count: int,
+                   rank: Callable[[tuple], float] = lambda item: item[1]) -> tuple[float, list[tuple]]:
+    """The keep rule of every scan. Of scanned patterns, tuples whose first item is the score
+    (the share sent to one class; the loss, for patches): the median score, and the ``count``
+    that ``rank`` highest (by default the second item, the loss) among those whose score reaches
+    both ``share`` and ``ratio`` times the median."""
+    typical = float(np.median([item[0] for item in found]))
     bar = max(share, ratio * typical)
-    passing = sorted((item for item in found if item[0] >= bar), key=lambda item: -item[1])[:count]
+    passing = sorted((item for item in found if item[0] >= bar), key=lambda item: -rank(item))[:count]
     return typical, passing
 
 
@@ -254,9 +257,8 @@ class PatchAdversary:
                 with torch.no_grad():
                     score = float(task.loss(task.forward(model, self._stamp(x, top, left, content)), y))
                 found.append((score, top, left, content.detach()))
-        found.sort(key=lambda item: -item[0])
-        self.typical = float(np.median([score for score, *_ in found]))
-        best = [item for item in found[: self.count] if item[0] >= self.ratio * self.typical]
+        # the boxes of highest loss, if at least ratio times the median box's
+        self.typical, best = keep_standouts(found, 0.0, self.ratio, self.count, rank=lambda item: item[0])
         self.scores = [score for score, *_ in best]
         self.boxes = [(top, left) for _, top, left, _ in best]
         self.contents = (torch.stack([content for *_, content in best]) if best
@@ -521,9 +523,7 @@ class CompositeAdversary:
             raise ConfigError(f"adversarial composites need {self.per_class} clean samples of at least two "
                               f"classes in the first batch; use more clean samples per class or set "
                               f"adv_composite_prob=0")
-        self.typical = float(np.median([sent for sent, *_ in found]))
-        bar = max(self.share, self.ratio * self.typical)
-        kept = sorted((item for item in found if item[0] >= bar), key=lambda item: -item[0])[: self.count]
+        self.typical, kept = keep_standouts(found, self.share, self.ratio, self.count, rank=lambda item: item[0])
         self.scores = [sent for sent, *_ in kept]
         self.pairs = [(a, b, third) for _, a, b, third in kept]
         self.images = (torch.stack([torch.stack([by_class[a], by_class[b]]) for a, b, _ in self.pairs])
