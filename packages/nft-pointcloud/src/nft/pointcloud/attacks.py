@@ -340,10 +340,9 @@ class PCBA(_Cluster):
             # the reference stops here; a victim trained on the poisoned set still learns the
             # cluster, so the centre that came closest is used, with a warning
             log.warning("pcba: no centre reached target posterior %.2f on the surrogate (best %.2f); "
-                        "using the best one seen — raise restarts / steps for a stronger trigger",
-                        s.target_posterior, fallback_post)
+                        "using the best one seen, %s — raise restarts / steps for a stronger trigger",
+                        s.target_posterior, fallback_post, fallback.tolist())
             best_center = fallback
-            log.info("pcba centre %s (the best posterior's; its distance was not tracked)", best_center.tolist())
         else:
             log.info("pcba centre %s (mean squared distance to the object %.4f)", best_center.tolist(), best_dist)
         self.center = best_center
