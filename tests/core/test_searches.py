@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 from nft.core import PurifyConfig
 from nft.core.defenses.base import InputSpace
 from nft.core.errors import ConfigError
+from nft.core.metrics import report_markdown
 from nft.core.purify import Purifier
 
 from .toy_models import CNNBatchNorm
@@ -52,6 +53,10 @@ def test_the_purifier_searches_once_records_the_findings_and_resumes_with_them(n
     purifier.run()
     assert _same_state(search.state_dict(), found)  # searched once, then fixed
     assert [len(entry[key]) for entry in purifier.history] == [kept] * 2
+    report = report_markdown({"method": "nft", "before": {"acc": 0.5}, "after": {"acc": 0.5},
+                              "history": purifier.history})
+    items = ", ".join(str(item) for item in search.summary()[key]) or "none stood out"
+    assert f"- `{key}` ({kept} kept; median candidate " in report and report.rstrip().endswith(items)
     resumed = Purifier(CNNBatchNorm(), data, config, input_space=space)
     resumed.load_state(tmp_path / "state.pt")
     assert getattr(resumed, name).searched and _same_state(getattr(resumed, name).state_dict(), found)
@@ -111,3 +116,14 @@ def test_the_input_spaces_own_searches_run_like_the_cores(tmp_path):
     with pytest.raises(ConfigError, match="needs the modality's input space.*adv_search_prob=0"):
         Purifier(CNNBatchNorm(), data, config)
     assert Purifier(CNNBatchNorm(), data, PurifyConfig(steps=2, rounds=1), input_space=space).space_searches == []
+
+
+def test_a_report_names_the_searches_only_when_some_ran():
+    plain = report_markdown({"method": "nft", "before": {"acc": 0.9}, "after": {"acc": 0.8},
+                             "history": [{"step": 5, "loss": 1.0}]})
+    assert "Searched" not in plain
+    found = report_markdown({"method": "nft", "before": {"acc": 0.9}, "after": {"acc": 0.8}, "history": [
+        {"step": 5, "adv_patches": [[25, 0, 13.2]], "adv_patch_typical": 0.35,
+         "adv_waves": [], "adv_wave_typical": 0.24}]})
+    assert "- `adv_patches` (1 kept; median candidate 0.35): [25, 0, 13.2]" in found
+    assert "- `adv_waves` (0 kept; median candidate 0.24): none stood out" in found

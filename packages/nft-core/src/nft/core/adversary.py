@@ -286,6 +286,8 @@ class PatchAdversary:
         return out
 
     def summary(self) -> dict:
+        """Each kept box as ``[top, left, loss]`` (the clean batch's loss with it stamped), and
+        the median box's loss."""
         return {"adv_patches": [[top, left, round(score, 3)] for (top, left), score in zip(self.boxes, self.scores)],
                 "adv_patch_typical": round(self.typical, 3)}
 
@@ -409,6 +411,8 @@ class GratingAdversary:
         return out
 
     def summary(self) -> dict:
+        """Each kept grating as ``[cycles, angle in degrees, phase, share]`` (the share of other
+        classes' images it sends to one class), and the median grating's share."""
         return {"adv_waves": [[round(cycles, 1), round(math.degrees(angle)), round(phase, 2), round(score, 3)]
                               for (cycles, angle, phase), score in zip(self.waves, self.scores)],
                 "adv_wave_typical": round(self.typical, 3)}
@@ -552,6 +556,8 @@ class CompositeAdversary:
         return torch.where(region.view(b, *[1] * (inputs.dim() - 3), height, width), pasted, inputs)
 
     def summary(self) -> dict:
+        """Each kept pair as ``[class a, class b, class reached, share]`` (the share of its
+        composites sent to the third class), and the median pair's share."""
         return {"adv_composites": [[a, b, third, round(score, 3)]
                                    for (a, b, third), score in zip(self.pairs, self.scores)],
                 "adv_composite_typical": round(self.typical, 3)}

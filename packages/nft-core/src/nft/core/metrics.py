@@ -125,4 +125,27 @@ def report_markdown(report: dict, *, title: str = "Purification report",
         check = report["clean_set"]
         lines += [f"Clean-set score ({check['samples']} samples): {_fmt(check['before'])} % before, "
                   f"{_fmt(check['after'])} % after"]
+    lines += _searches_markdown(report.get("history") or [])
     return "\n".join(lines) + "\n"
+
+
+def _searches_markdown(history: list[dict]) -> list[str]:
+    """What NFT's trigger-agnostic searches kept, from the last history entry: each search logs
+    its kept items under ``adv_<kind>s`` and the median candidate's score under
+    ``adv_<kind>_typical`` (:mod:`nft.core.adversary`). A kept patch, grating, composite or
+    cluster is where the backdoored model answered a small change far more strongly than usual,
+    so it tells a user where a trigger may be; an empty list means nothing stood out."""
+    last = history[-1] if history else {}
+    lines = []
+    for typical_key in (k for k in last if k.startswith("adv_") and k.endswith("_typical")):
+        stem = typical_key[: -len("_typical")]
+        kept_key = next((k for k in last if k.startswith(stem) and isinstance(last[k], list)), None)
+        if kept_key is None:
+            continue
+        kept = last[kept_key]
+        found = ", ".join(str(item) for item in kept) if kept else "none stood out"
+        lines.append(f"- `{kept_key}` ({len(kept)} kept; median candidate {last[typical_key]}): {found}")
+    if lines:
+        lines = ["", "Searched on the first clean batch (each item ends with its score; "
+                     "the search's `summary()` names the fields):", ""] + lines
+    return lines

@@ -137,6 +137,8 @@ class ClusterAdversary:
         return out
 
     def summary(self) -> dict:
+        """Each kept ball as ``[x, y, z, radius, share]`` (the share of other classes' clouds
+        it sends to one class), and the median ball's share."""
         return {"adv_clusters": [[*(round(v, 2) for v in centre), radius, round(score, 3)]
                                  for (centre, radius), score in zip(self.kept, self.scores)],
                 "adv_cluster_typical": round(self.typical, 3)}
