@@ -527,7 +527,8 @@ class CompositeAdversary:
             raise ConfigError(f"adversarial composites need {self.per_class} clean samples of at least two "
                               f"classes in the first batch; use more clean samples per class or set "
                               f"adv_composite_prob=0")
-        self.typical, kept = keep_standouts(found, self.share, self.ratio, self.count, rank=lambda item: item[0])
+        self.typical, kept = keep_standouts(found, self.share, self.ratio, self.count,
+                                            rank=lambda item: item[0])
         self.scores = [sent for sent, *_ in kept]
         self.pairs = [(a, b, third) for _, a, b, third in kept]
         self.images = (torch.stack([torch.stack([by_class[a], by_class[b]]) for a, b, _ in self.pairs])

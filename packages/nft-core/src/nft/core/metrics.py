@@ -132,9 +132,10 @@ def report_markdown(report: dict, *, title: str = "Purification report",
 def _searches_markdown(history: list[dict]) -> list[str]:
     """What NFT's trigger-agnostic searches kept, from the last history entry: each search logs
     its kept items as a list (``adv_patches``, ``adv_waves``, …) and the median candidate's score
-    under the same stem ending in ``_typical`` (``adv_patch_typical``; :mod:`nft.core.adversary`). A kept patch, grating, composite or
-    cluster is where the backdoored model answered a small change far more strongly than usual,
-    so it tells a user where a trigger may be; an empty list means nothing stood out."""
+    under the same stem ending in ``_typical`` (``adv_patch_typical``; :mod:`nft.core.adversary`).
+    A kept patch, grating, composite or cluster is where the backdoored model answered a small
+    change far more strongly than usual, so it tells a user where a trigger may be; an empty list
+    means nothing stood out."""
     last = history[-1] if history else {}
     lines = []
     for typical_key in (k for k in last if k.startswith("adv_") and k.endswith("_typical")):

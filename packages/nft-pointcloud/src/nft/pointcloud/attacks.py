@@ -344,7 +344,8 @@ class PCBA(_Cluster):
                         s.target_posterior, fallback_post, fallback.tolist())
             best_center = fallback
         else:
-            log.info("pcba centre %s (mean squared distance to the object %.4f)", best_center.tolist(), best_dist)
+            log.info("pcba centre %s (mean squared distance to the object %.4f)",
+                     best_center.tolist(), best_dist)
         self.center = best_center
 
     def state(self) -> dict[str, Tensor]:
